@@ -1,0 +1,111 @@
+// Address space from the kernel: aligned mappings, counted, with a fault
+// injection switch that refuses requests exactly as the kernel would.
+#include <cerrno>
+#include <sys/mman.h>
+
+#include "os.hpp"
+
+namespace sysref::os {
+namespace {
+
+struct counters {
+  std::atomic<uint64_t> mapped{0}, peak{0}, metadata{0}, released{0}, decommitted{0};
+  std::atomic<uint64_t> map_calls{0}, unmap_calls{0}, madvise_calls{0}, refused{0};
+  std::atomic<long> fail_remaining{-2};  // -2: not yet read from options
+};
+constinit counters g;
+
+// One page request: true if it may go to the kernel.
+bool admit() {
+  long r = g.fail_remaining.load(std::memory_order_relaxed);
+  if (r == -2) {
+    long from_env = opts().fault_after;
+    g.fail_remaining.compare_exchange_strong(r, from_env, std::memory_order_relaxed);
+    r = g.fail_remaining.load(std::memory_order_relaxed);
+  }
+  while (r >= 0) {
+    if (r == 0) return false;
+    if (g.fail_remaining.compare_exchange_weak(r, r - 1, std::memory_order_relaxed)) return true;
+  }
+  return true;
+}
+
+void account_mapped(size_t size, use u) {
+  if (u == use::metadata) g.metadata.fetch_add(size, std::memory_order_relaxed);
+  uint64_t now = g.mapped.fetch_add(size, std::memory_order_relaxed) + size;
+  uint64_t peak = g.peak.load(std::memory_order_relaxed);
+  while (now > peak && !g.peak.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+  }
+}
+
+void *raw_map(size_t size) {
+  void *p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
+}  // namespace
+
+void fail_after(long n) { g.fail_remaining.store(n < 0 ? -1 : n, std::memory_order_relaxed); }
+
+void *map(size_t size, size_t align, use u) {
+  const size_t page = page_size();
+  if (size == 0 || size % page != 0 || align == 0 || (align & (align - 1)) != 0) {
+    errno = EINVAL;
+    return nullptr;
+  }
+  if (!admit()) {
+    g.refused.fetch_add(1, std::memory_order_relaxed);
+    errno = ENOMEM;
+    return nullptr;
+  }
+  if (align <= page) {
+    void *p = raw_map(size);
+    if (!p) {
+      g.refused.fetch_add(1, std::memory_order_relaxed);
+      return nullptr;
+    }
+    g.map_calls.fetch_add(1, std::memory_order_relaxed);
+    account_mapped(size, u);
+    return p;
+  }
+  // Over-map by align - page, then trim both ends: the kernel has no aligned
+  // mmap, and the trims are cheap next to the faults that follow.
+  size_t span = size + align - page;
+  char *raw = static_cast<char *>(raw_map(span));
+  if (!raw) {
+    g.refused.fetch_add(1, std::memory_order_relaxed);
+    return nullptr;
+  }
+  g.map_calls.fetch_add(1, std::memory_order_relaxed);
+  uintptr_t base = (reinterpret_cast<uintptr_t>(raw) + align - 1) & ~(uintptr_t)(align - 1);
+  char *p = reinterpret_cast<char *>(base);
+  size_t head = static_cast<size_t>(p - raw), tail = span - head - size;
+  if (head) ::munmap(raw, head);
+  if (tail) ::munmap(p + size, tail);
+  account_mapped(size, u);
+  return p;
+}
+
+void unmap(void *p, size_t size, use u) {
+  if (!p || size == 0) return;
+  ::munmap(p, size);
+  if (u == use::metadata) g.metadata.fetch_sub(size, std::memory_order_relaxed);
+  g.unmap_calls.fetch_add(1, std::memory_order_relaxed);
+  g.mapped.fetch_sub(size, std::memory_order_relaxed);
+  g.released.fetch_add(size, std::memory_order_relaxed);
+}
+
+void decommit(void *p, size_t size) {
+  if (!p || size == 0) return;
+  ::madvise(p, size, MADV_DONTNEED);
+  g.madvise_calls.fetch_add(1, std::memory_order_relaxed);
+  g.decommitted.fetch_add(size, std::memory_order_relaxed);
+}
+
+memory_stats memory_snapshot() {
+  auto ld = [](const std::atomic<uint64_t> &a) { return a.load(std::memory_order_relaxed); };
+  return {ld(g.mapped),    ld(g.peak),        ld(g.metadata),  ld(g.released), ld(g.decommitted),
+          ld(g.map_calls), ld(g.unmap_calls), ld(g.madvise_calls), ld(g.refused)};
+}
+
+}  // namespace sysref::os

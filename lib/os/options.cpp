@@ -1,0 +1,99 @@
+// The one table of runtime options. Every SYSREF_* variable is read here,
+// once, and nowhere else; the rest of the library asks opts().
+#include <cstdlib>
+#include <cstring>
+
+#include "os.hpp"
+
+namespace sysref::os {
+namespace {
+
+bool parse_long(const char *s, long *out) {
+  if (!s || !*s) return false;
+  char *end = nullptr;
+  long v = std::strtol(s, &end, 10);
+  if (*end != '\0') return false;
+  *out = v;
+  return true;
+}
+
+void complain(const char *name, const char *value) {
+  write_stderr("sysref: ignoring ");
+  write_stderr(name);
+  write_stderr("=");
+  write_stderr(value);
+  write_stderr(": not a value it takes\n");
+}
+
+using setter = bool (*)(options &, const char *);
+
+struct entry {
+  const char *name;
+  setter set;
+};
+
+// Name, parser. Documented in sysref(7); keep the two in step.
+constexpr entry table[] = {
+    {"SYSREF_ON_ERROR",
+     [](options &o, const char *v) {
+       if (!std::strcmp(v, "abort")) o.error_mode = on_error::abort_process;
+       else if (!std::strcmp(v, "count")) o.error_mode = on_error::count;
+       else return false;
+       return true;
+     }},
+    {"SYSREF_PERCPU",
+     [](options &o, const char *v) {
+       if (!std::strcmp(v, "rseq")) o.percpu = percpu_choice::rseq;
+       else if (!std::strcmp(v, "lock")) o.percpu = percpu_choice::lock;
+       else if (!std::strcmp(v, "auto")) o.percpu = percpu_choice::automatic;
+       else return false;
+       return true;
+     }},
+    {"SYSREF_FAULT",
+     [](options &o, const char *v) { return parse_long(v, &o.fault_after); }},
+    {"SYSREF_SPARE_LOW",
+     [](options &o, const char *v) {
+       long n;
+       if (!parse_long(v, &n) || n < 0 || n > 1024) return false;
+       o.spare_low = static_cast<unsigned>(n);
+       return true;
+     }},
+    {"SYSREF_SPARE_HIGH",
+     [](options &o, const char *v) {
+       long n;
+       if (!parse_long(v, &n) || n < 0 || n > 1024) return false;
+       o.spare_high = static_cast<unsigned>(n);
+       return true;
+     }},
+};
+
+options load() {
+  options o;
+  for (const entry &e : table) {
+    const char *v = std::getenv(e.name);
+    if (v && !e.set(o, v)) complain(e.name, v);
+  }
+  if (o.spare_low > o.spare_high) o.spare_high = o.spare_low;
+  return o;
+}
+
+}  // namespace
+
+const options &opts() {
+  // getenv neither allocates nor locks, so this is safe on any path; a race
+  // between two first callers computes the same value twice.
+  static constinit options cached{};
+  static constinit std::atomic<int> state{0};
+  if (state.load(std::memory_order_acquire) == 2) return cached;
+  int expected = 0;
+  if (state.compare_exchange_strong(expected, 1, std::memory_order_acq_rel)) {
+    cached = load();
+    state.store(2, std::memory_order_release);
+  } else {
+    while (state.load(std::memory_order_acquire) != 2) {
+    }
+  }
+  return cached;
+}
+
+}  // namespace sysref::os

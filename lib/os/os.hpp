@@ -1,0 +1,96 @@
+// lib/os: the only layer that talks to the kernel. Everything above asks
+// here for address space, CPU identity, futexes and the option table.
+#pragma once
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+
+namespace sysref::os {
+
+// ---- memory: aligned address space, counted -------------------------------
+// map() reserves and commits size bytes aligned to align (a power of two, at
+// least the page size). One call is one "page request": fault injection may
+// refuse it, and then it returns nullptr with errno = ENOMEM, as mmap would.
+// `use` only splits the counters: the library's own bookkeeping (per-CPU
+// region, page map, internal zones) is metadata, everything else is data.
+enum class use : uint8_t { data, metadata };
+void *map(size_t size, size_t align, use u = use::data);
+void unmap(void *p, size_t size, use u = use::data);
+// Give the physical pages back but keep the range mapped (reads as zero).
+void decommit(void *p, size_t size);
+
+void fail_after(long n);  // n < 0: never refuse
+
+struct memory_stats {
+  uint64_t mapped, peak_mapped, metadata, released, decommitted;
+  uint64_t map_calls, unmap_calls, madvise_calls, refused;
+};
+memory_stats memory_snapshot();
+
+// ---- machine ---------------------------------------------------------------
+size_t page_size();
+unsigned cpu_count();  // possible CPU ids: every id rseq or getcpu can report
+unsigned current_cpu();  // sched_getcpu(), clamped below cpu_count()
+uint64_t random_seed();  // from the kernel, for secrets
+
+struct topology_info { unsigned packages, cores, pus, numa_nodes; bool from_hwloc; };
+// Loads hwloc with dlopen on first call. Never call it from an allocation
+// path: hwloc allocates, and the preload shim would recurse.
+topology_info topology();
+
+// ---- futex-backed lock (no allocation, fork-safe to re-init) ---------------
+void futex_wait(std::atomic<uint32_t> *word, uint32_t expected);
+void futex_wake(std::atomic<uint32_t> *word, int n);
+
+class lock {
+ public:
+  void acquire() {
+    uint32_t c = 0;
+    if (!word_.compare_exchange_strong(c, 1, std::memory_order_acquire)) slow_acquire();
+  }
+  bool try_acquire() {
+    uint32_t c = 0;
+    return word_.compare_exchange_strong(c, 1, std::memory_order_acquire);
+  }
+  void release() {
+    if (word_.exchange(0, std::memory_order_release) == 2) futex_wake(&word_, 1);
+  }
+  void reset() { word_.store(0, std::memory_order_relaxed); }  // after fork, in the child
+  bool held() const { return word_.load(std::memory_order_relaxed) != 0; }
+
+ private:
+  void slow_acquire();
+  std::atomic<uint32_t> word_{0};  // 0 free, 1 held, 2 held with waiters
+};
+
+class guard {
+ public:
+  explicit guard(lock &l) : l_(l) { l_.acquire(); }
+  ~guard() { l_.release(); }
+  guard(const guard &) = delete;
+  guard &operator=(const guard &) = delete;
+
+ private:
+  lock &l_;
+};
+
+// ---- diagnostics: write(2) only, never allocates ----------------------------
+void write_stderr(const char *msg);
+// "sysref: <what>: <detail> <hex>" then abort, or count, per SYSREF_ON_ERROR.
+// Returns only in count mode.
+void report_error(const char *what, const char *detail, const void *ptr);
+[[noreturn]] void fatal(const char *what, const char *detail, const void *ptr);
+
+// ---- options: the one table of SYSREF_* variables ---------------------------
+enum class on_error { abort_process, count };
+enum class percpu_choice { automatic, rseq, lock };
+struct options {
+  on_error error_mode = on_error::abort_process;
+  percpu_choice percpu = percpu_choice::automatic;
+  long fault_after = -1;
+  unsigned spare_low = 1, spare_high = 2;
+};
+// Read once from the environment (first call); later calls see the same.
+const options &opts();
+
+}  // namespace sysref::os

@@ -1,0 +1,186 @@
+// The per-CPU region, the slot allocator, the mode choice and the lock-mode
+// fallbacks of the per-CPU operations.
+#include "percpu.hpp"
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <sched.h>
+#if SYSREF_HAVE_RSEQ
+#include <sys/rseq.h>
+#endif
+
+#include "../os/os.hpp"
+
+namespace sysref::percpu {
+
+constinit region g_region{0, 0, mode::unset};
+
+namespace {
+
+constinit std::atomic<int> g_state{0};  // 0 new, 1 initialising, 2 ready, 3 failed
+constinit os::lock g_slot_lock;
+constinit uint64_t g_slot_used[slots_per_cpu / 64] = {1};  // slot 0 stays reserved
+
+bool rseq_usable() {
+#if SYSREF_HAVE_RSEQ
+  if (__rseq_size < 20) return false;  // glibc did not register (or was told not to)
+  auto *rs = reinterpret_cast<const volatile struct rseq *>(
+      static_cast<char *>(__builtin_thread_pointer()) + __rseq_offset);
+  return static_cast<int32_t>(rs->cpu_id) >= 0;
+#else
+  return false;
+#endif
+}
+
+mode choose() {
+  auto want = os::opts().percpu;
+  if (want == os::percpu_choice::lock) return mode::lock;
+  if (rseq_usable()) return mode::rseq;
+  if (want == os::percpu_choice::rseq)
+    os::write_stderr("sysref: SYSREF_PERCPU=rseq, but rseq is not available: using locks\n");
+  return mode::lock;
+}
+
+os::lock &slot_lock_of(unsigned cpu, size_t offset) {
+  return *reinterpret_cast<os::lock *>(address(cpu, offset & ~(slot_bytes - 1)));
+}
+
+uintptr_t &word(unsigned cpu, size_t offset) {
+  return *reinterpret_cast<uintptr_t *>(address(cpu, offset));
+}
+
+}  // namespace
+
+bool ensure_init() {
+  int s = g_state.load(std::memory_order_acquire);
+  if (s == 2) return true;
+  for (;;) {
+    s = 0;
+    if (g_state.compare_exchange_strong(s, 1, std::memory_order_acq_rel)) break;
+    if (s == 2) return true;
+    if (s == 1) {
+      sched_yield();
+      continue;
+    }
+    // 3: an earlier attempt could not map; try again below.
+    if (g_state.compare_exchange_strong(s, 1, std::memory_order_acq_rel)) break;
+  }
+  unsigned n = os::cpu_count();
+  void *base = os::map(size_t{n} << cpu_shift, os::page_size(), os::use::metadata);
+  if (!base) {
+    g_state.store(3, std::memory_order_release);
+    errno = ENOMEM;
+    return false;
+  }
+  g_region.base = reinterpret_cast<uintptr_t>(base);
+  g_region.ncpus = n;
+  g_region.m = choose();
+  g_state.store(2, std::memory_order_release);
+  return true;
+}
+
+mode current_mode() {
+  ensure_init();
+  return g_region.m;
+}
+
+const char *mode_name() {
+  switch (current_mode()) {
+    case mode::rseq: return "rseq";
+    case mode::lock: return "lock";
+    default: return "unset";
+  }
+}
+
+unsigned ncpus() { return g_region.ncpus; }
+
+unsigned current_cpu() {
+#if SYSREF_HAVE_RSEQ
+  if (g_region.m == mode::rseq) {
+    auto *rs = reinterpret_cast<const volatile struct rseq *>(
+        static_cast<char *>(__builtin_thread_pointer()) + __rseq_offset);
+    return rs->cpu_id;
+  }
+#endif
+  return os::current_cpu();
+}
+
+long slot_alloc() {
+  if (!ensure_init()) return -1;
+  os::guard g(g_slot_lock);
+  for (size_t i = 0; i < slots_per_cpu / 64; ++i) {
+    if (~g_slot_used[i] == 0) continue;
+    int bit = __builtin_ctzll(~g_slot_used[i]);
+    g_slot_used[i] |= uint64_t{1} << bit;
+    return static_cast<long>((i * 64 + static_cast<size_t>(bit)) * slot_bytes);
+  }
+  errno = ENOMEM;
+  return -1;
+}
+
+void slot_free(size_t offset) {
+  size_t index = offset / slot_bytes;
+  for (unsigned c = 0; c < g_region.ncpus; ++c)
+    std::memset(reinterpret_cast<void *>(address(c, index * slot_bytes)), 0, slot_bytes);
+  os::guard g(g_slot_lock);
+  g_slot_used[index / 64] &= ~(uint64_t{1} << (index % 64));
+}
+
+uint64_t sum(size_t offset) {
+  uint64_t total = 0;
+  for (unsigned c = 0; c < g_region.ncpus; ++c) total += peek(c, offset);
+  return total;
+}
+
+bool locked_pop_masked(size_t offset, uintptr_t mask, uintptr_t *out) {
+  unsigned cpu = os::current_cpu();
+  os::guard g(slot_lock_of(cpu, offset));
+  uintptr_t &w = word(cpu, offset);
+  if ((w & mask) == 0) return false;
+  *out = w;
+  __atomic_store_n(&w, *reinterpret_cast<uintptr_t *>(w), __ATOMIC_RELAXED);
+  return true;
+}
+
+bool locked_push_owned(size_t offset, uintptr_t notmask, uintptr_t owner, uintptr_t obj) {
+  unsigned cpu = os::current_cpu();
+  os::guard g(slot_lock_of(cpu, offset));
+  uintptr_t &w = word(cpu, offset);
+  if ((w & notmask) != owner) return false;
+  *reinterpret_cast<uintptr_t *>(obj) = w;
+  __atomic_store_n(&w, obj, __ATOMIC_RELAXED);
+  return true;
+}
+
+int locked_push_tagged(size_t offset, uintptr_t notmask, uintptr_t owner, uintptr_t obj,
+                       uintptr_t tag) {
+  unsigned cpu = os::current_cpu();
+  os::guard g(slot_lock_of(cpu, offset));
+  uintptr_t &w = word(cpu, offset);
+  if ((w & notmask) != owner) return not_owner;
+  auto *o = reinterpret_cast<uintptr_t *>(obj);
+  if (o[1] == tag) return duplicate;
+  o[1] = tag;
+  o[0] = w;
+  __atomic_store_n(&w, obj, __ATOMIC_RELAXED);
+  return pushed;
+}
+
+bool locked_compare_store(size_t offset, uintptr_t expect, uintptr_t desired) {
+  unsigned cpu = os::current_cpu();
+  os::guard g(slot_lock_of(cpu, offset));
+  uintptr_t &w = word(cpu, offset);
+  if (w != expect) return false;
+  __atomic_store_n(&w, desired, __ATOMIC_RELAXED);
+  return true;
+}
+
+void locked_add(size_t offset, uint64_t n) {
+  unsigned cpu = os::current_cpu();
+  os::guard g(slot_lock_of(cpu, offset));
+  // Readers on other CPUs peek without the lock: keep the store whole.
+  __atomic_store_n(&word(cpu, offset), word(cpu, offset) + n, __ATOMIC_RELAXED);
+}
+
+}  // namespace sysref::percpu

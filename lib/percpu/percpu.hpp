@@ -1,0 +1,142 @@
+// lib/percpu: CPU identity, per-CPU slots and per-CPU counters.
+//
+// One region holds a 64 KiB area per possible CPU. A layer allocates a slot
+// (64 bytes, one cache line) and gets the same offset in every CPU's area.
+// The first word of each slot is reserved for the lock of the fallback mode;
+// layers use bytes [8, 64).
+//
+// Operations act on the calling thread's current CPU and come in two modes,
+// fixed for the process:
+//   rseq: restartable sequences on glibc's rseq area: no lock, no atomic
+//         read-modify-write; preemption, migration or a signal restarts the
+//         section before its single committing store.
+//   lock: the slot's lock word guards it, the CPU comes from sched_getcpu().
+//         Used where rseq is not registered (valgrind, the glibc tunable
+//         glibc.pthread.rseq=0), under ThreadSanitizer (which cannot see the
+//         ordering the kernel gives rseq), off x86-64, or by SYSREF_PERCPU=lock.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+#define SYSREF_HAVE_RSEQ 1
+#include "rseq_x86_64.hpp"
+#else
+#define SYSREF_HAVE_RSEQ 0
+#endif
+
+namespace sysref::percpu {
+
+inline constexpr size_t slot_bytes = 64;
+inline constexpr int cpu_shift = 16;
+inline constexpr size_t area_bytes = size_t{1} << cpu_shift;
+inline constexpr size_t slots_per_cpu = area_bytes / slot_bytes;
+inline constexpr size_t payload_offset = 8;  // bytes [0, 8) hold the slot lock
+
+enum class mode : uint8_t { unset, rseq, lock };
+
+struct region {
+  uintptr_t base;
+  unsigned ncpus;
+  mode m;
+};
+extern region g_region;  // written once, by ensure_init()
+
+// Maps the region and picks the mode. False (errno ENOMEM) if it cannot map.
+bool ensure_init();
+mode current_mode();
+const char *mode_name();
+unsigned ncpus();
+unsigned current_cpu();  // a hint: the thread may move right after
+
+// Slot offsets are the same on every CPU. slot_free() zeroes every copy; the
+// caller guarantees nobody uses the slot any more.
+long slot_alloc();
+void slot_free(size_t offset);
+
+inline uintptr_t address(unsigned cpu, size_t offset) {
+  return g_region.base + (uintptr_t{cpu} << cpu_shift) + offset;
+}
+// Racy read of another CPU's word (statistics, hints).
+inline uint64_t peek(unsigned cpu, size_t offset) {
+  return __atomic_load_n(reinterpret_cast<uint64_t *>(address(cpu, offset)), __ATOMIC_RELAXED);
+}
+uint64_t sum(size_t offset);  // a counter summed over every CPU
+
+// Fallback implementations (lock mode).
+bool locked_pop_masked(size_t offset, uintptr_t mask, uintptr_t *out);
+bool locked_push_owned(size_t offset, uintptr_t notmask, uintptr_t owner, uintptr_t obj);
+int locked_push_tagged(size_t offset, uintptr_t notmask, uintptr_t owner, uintptr_t obj,
+                       uintptr_t tag);
+bool locked_compare_store(size_t offset, uintptr_t expect, uintptr_t desired);
+void locked_add(size_t offset, uint64_t n);
+
+// ---- operations on the current CPU's copy of a slot word -------------------
+// Word W at offset heads a list: W & mask == 0 means empty. On success *out is
+// the popped element and W became its first word.
+inline bool pop_masked(size_t offset, uintptr_t mask, uintptr_t *out) {
+#if SYSREF_HAVE_RSEQ
+  if (__builtin_expect(g_region.m == mode::rseq, 1)) {
+    for (;;) {
+      auto r = rseq_x86::pop_masked(g_region.base + offset, mask, out);
+      if (r != rseq_x86::aborted) return r == rseq_x86::ok;
+    }
+  }
+#endif
+  return locked_pop_masked(offset, mask, out);
+}
+
+// Pushes obj if W & notmask == owner (the list belongs to owner).
+inline bool push_owned(size_t offset, uintptr_t notmask, uintptr_t owner, uintptr_t obj) {
+#if SYSREF_HAVE_RSEQ
+  if (__builtin_expect(g_region.m == mode::rseq, 1)) {
+    for (;;) {
+      auto r = rseq_x86::push_owned(g_region.base + offset, notmask, owner, obj);
+      if (r != rseq_x86::aborted) return r == rseq_x86::ok;
+    }
+  }
+#endif
+  return locked_push_owned(offset, notmask, owner, obj);
+}
+
+enum push_result { pushed = 0, not_owner = 1, duplicate = 2 };
+
+// push_owned that also stores tag in obj's second word, and reports
+// `duplicate` (writing nothing) if that word already held tag.
+inline push_result push_tagged(size_t offset, uintptr_t notmask, uintptr_t owner, uintptr_t obj,
+                               uintptr_t tag) {
+#if SYSREF_HAVE_RSEQ
+  if (__builtin_expect(g_region.m == mode::rseq, 1)) {
+    int r = rseq_x86::push_tagged<true>(g_region.base + offset, notmask, owner, obj, tag);
+    while (r == rseq_x86::aborted)
+      r = rseq_x86::push_tagged<false>(g_region.base + offset, notmask, owner, obj, tag);
+    return static_cast<push_result>(r);
+  }
+#endif
+  return static_cast<push_result>(locked_push_tagged(offset, notmask, owner, obj, tag));
+}
+
+inline bool compare_store(size_t offset, uintptr_t expect, uintptr_t desired) {
+#if SYSREF_HAVE_RSEQ
+  if (__builtin_expect(g_region.m == mode::rseq, 1)) {
+    for (;;) {
+      auto r = rseq_x86::compare_store(g_region.base + offset, expect, desired);
+      if (r != rseq_x86::aborted) return r == rseq_x86::ok;
+    }
+  }
+#endif
+  return locked_compare_store(offset, expect, desired);
+}
+
+inline void add(size_t offset, uint64_t n) {
+#if SYSREF_HAVE_RSEQ
+  if (__builtin_expect(g_region.m == mode::rseq, 1)) {
+    while (rseq_x86::add(g_region.base + offset, n) == rseq_x86::aborted) {
+    }
+    return;
+  }
+#endif
+  locked_add(offset, n);
+}
+
+}  // namespace sysref::percpu

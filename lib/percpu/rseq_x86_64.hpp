@@ -1,0 +1,165 @@
+// Restartable sequences on x86-64, on the rseq area glibc registered for each
+// thread (<sys/rseq.h>: __rseq_offset from the thread pointer).
+//
+// Each critical section stores its descriptor's address in rseq->rseq_cs,
+// reads the CPU id, and ends in exactly one committing store. If the thread
+// is preempted, migrated or signalled before that store, the kernel moves it
+// to the abort handler, which is preceded by the signature glibc registered
+// (RSEQ_SIG, 0x53053053 on x86). The callers loop on abort.
+//
+// Every section addresses a per-CPU word as  base + (cpu << shift)  where
+// base already includes the slot's offset.
+#pragma once
+#include <cstdint>
+#include <sys/rseq.h>
+
+namespace sysref::percpu::rseq_x86 {
+
+enum result { ok = 0, mismatch = 1, aborted = -1 };
+
+inline constexpr int cpu_shift = 16;  // 64 KiB of slots per CPU
+
+// The descriptor, the signature and the abort trampoline; start label 1,
+// post-commit label 2, descriptor 3, abort 4.
+#define SR_RSEQ_PROLOGUE                                  \
+  ".pushsection __rseq_cs, \"aw\"\n\t"                    \
+  ".balign 32\n\t"                                        \
+  "3:\n\t"                                                \
+  ".long 0, 0\n\t"                                        \
+  ".quad 1f, (2f - 1f), 4f\n\t"                           \
+  ".popsection\n\t"                                       \
+  "leaq 3b(%%rip), %%rax\n\t"                             \
+  "movq %%rax, %%fs:8(%[roff])\n\t"                       \
+  "1:\n\t"                                                \
+  "movl %%fs:4(%[roff]), %%eax\n\t"                       \
+  "shlq $16, %%rax\n\t"                                   \
+  "addq %[base], %%rax\n\t"
+
+#define SR_RSEQ_EPILOGUE                                  \
+  "2:\n\t"                                                \
+  ".pushsection __rseq_failure, \"ax\"\n\t"               \
+  ".byte 0x0f, 0xb9, 0x3d\n\t"                            \
+  ".long 0x53053053\n\t"                                  \
+  "4:\n\t"                                                \
+  "jmp %l[abort]\n\t"                                     \
+  ".popsection\n\t"
+
+// Pop from a list whose head word W lives in the slot: W & mask == 0 means
+// empty (W is then 0 or the terminator). Commits W = *(uintptr_t *)W.
+inline result pop_masked(uintptr_t base, uintptr_t mask, uintptr_t *out) {
+  asm goto(SR_RSEQ_PROLOGUE
+           "movq (%%rax), %%rcx\n\t"
+           "testq %[mask], %%rcx\n\t"
+           "jz %l[mismatch_]\n\t"
+           "movq (%%rcx), %%rdx\n\t"
+           "movq %%rcx, (%[out])\n\t"
+           "movq %%rdx, (%%rax)\n\t"
+           SR_RSEQ_EPILOGUE
+           :
+           : [roff] "r"(__rseq_offset), [base] "r"(base), [mask] "r"(mask), [out] "r"(out)
+           : "rax", "rcx", "rdx", "memory", "cc"
+           : mismatch_, abort);
+  return ok;
+mismatch_:
+  return mismatch;
+abort:
+  return aborted;
+}
+
+// Push obj if the slot's list belongs to owner (W & ~mask == owner):
+// *obj = W, then commit W = obj.
+inline result push_owned(uintptr_t base, uintptr_t notmask, uintptr_t owner, uintptr_t obj) {
+  asm goto(SR_RSEQ_PROLOGUE
+           "movq (%%rax), %%rcx\n\t"
+           "movq %%rcx, %%rdx\n\t"
+           "andq %[notmask], %%rdx\n\t"
+           "cmpq %[owner], %%rdx\n\t"
+           "jne %l[mismatch_]\n\t"
+           "movq %%rcx, (%[obj])\n\t"
+           "movq %[obj], (%%rax)\n\t"
+           SR_RSEQ_EPILOGUE
+           :
+           : [roff] "r"(__rseq_offset), [base] "r"(base), [notmask] "r"(notmask),
+             [owner] "r"(owner), [obj] "r"(obj)
+           : "rax", "rcx", "rdx", "memory", "cc"
+           : mismatch_, abort);
+  return ok;
+mismatch_:
+  return mismatch;
+abort:
+  return aborted;
+}
+
+// push_owned that also stores tag in the element's second word. With Check,
+// a second word already equal to tag is reported (duplicate) before anything
+// is written; the check runs only once the list is known to be owner's, so
+// the element is known to be memory the caller may read. A retry after an
+// abort must not check again: the aborted attempt may have stored the tag.
+template <bool Check>
+inline int push_tagged(uintptr_t base, uintptr_t notmask, uintptr_t owner, uintptr_t obj,
+                       uintptr_t tag) {
+  asm goto(SR_RSEQ_PROLOGUE
+           "movq (%%rax), %%rcx\n\t"
+           "movq %%rcx, %%rdx\n\t"
+           "andq %[notmask], %%rdx\n\t"
+           "cmpq %[owner], %%rdx\n\t"
+           "jne %l[mismatch_]\n\t"
+           ".if %c[check]\n\t"
+           "cmpq %[tag], 8(%[obj])\n\t"
+           "je %l[duplicate]\n\t"
+           ".endif\n\t"
+           "movq %[tag], 8(%[obj])\n\t"
+           "movq %%rcx, (%[obj])\n\t"
+           "movq %[obj], (%%rax)\n\t"
+           SR_RSEQ_EPILOGUE
+           :
+           : [roff] "r"(__rseq_offset), [base] "r"(base), [notmask] "r"(notmask),
+             [owner] "r"(owner), [obj] "r"(obj), [tag] "r"(tag), [check] "i"(Check ? 1 : 0)
+           : "rax", "rcx", "rdx", "memory", "cc"
+           : mismatch_, duplicate, abort);
+  return ok;
+mismatch_:
+  return mismatch;
+duplicate:
+  return 2;
+abort:
+  return aborted;
+}
+
+// If the word equals expect, commit desired.
+inline result compare_store(uintptr_t base, uintptr_t expect, uintptr_t desired) {
+  asm goto(SR_RSEQ_PROLOGUE
+           "cmpq %[expect], (%%rax)\n\t"
+           "jne %l[mismatch_]\n\t"
+           "movq %[desired], (%%rax)\n\t"
+           SR_RSEQ_EPILOGUE
+           :
+           : [roff] "r"(__rseq_offset), [base] "r"(base), [expect] "r"(expect),
+             [desired] "r"(desired)
+           : "rax", "memory", "cc"
+           : mismatch_, abort);
+  return ok;
+mismatch_:
+  return mismatch;
+abort:
+  return aborted;
+}
+
+// Add n to the word: one read-modify-write instruction is its own commit.
+inline result add(uintptr_t base, uint64_t n) {
+  asm goto(SR_RSEQ_PROLOGUE
+           "addq %[n], (%%rax)\n\t"
+           SR_RSEQ_EPILOGUE
+           :
+           : [roff] "r"(__rseq_offset), [base] "r"(base), [n] "r"(n)
+           : "rax", "memory", "cc"
+           : abort);
+  return ok;
+abort:
+  return aborted;
+}
+
+#undef SR_RSEQ_PROLOGUE
+#undef SR_RSEQ_EPILOGUE
+
+}  // namespace sysref::percpu::rseq_x86

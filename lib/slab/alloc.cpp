@@ -1,0 +1,285 @@
+// kmalloc_obj allocation and free paths.
+//
+// Fast path: pop from / push to the current CPU's slot list (one rseq
+// section, no lock), then count the event in a per-CPU counter.
+// Slow path (zone lock held, once per batch): refill the slot from the
+// active slab's remote frees, its locked free list or its unused tail;
+// otherwise bind another slab to the CPU (partial, spare, reserve, or one
+// mapped now) and retire the exhausted one. After the lock is dropped the
+// caller may map spare slabs ahead of demand (proactive refill).
+#include <cerrno>
+#include <cstring>
+
+#include "../percpu/percpu.hpp"
+#include "pagemap.hpp"
+#include "zone.hpp"
+
+namespace sysref::slab {
+namespace {
+
+uintptr_t *words(uintptr_t obj) { return reinterpret_cast<uintptr_t *>(obj); }
+
+void *hand_out(zone *z, uintptr_t obj, int flags) {
+  uintptr_t *o = words(obj);
+  o[1] = 0;  // no longer carries the free marker
+  percpu::add(z->allocs_off(), 1);
+  if (flags & SR_ZERO) std::memset(o, 0, z->objsize);
+  return o;
+}
+
+// obj was just popped from a slot list; its first word became the list head.
+void *finish_alloc(zone *z, uintptr_t obj, int flags) {
+  // The next link must stay inside this slab: anything else is a write after
+  // free, and handing out what it points to would spread the damage.
+  if (__builtin_expect(((words(obj)[0] ^ obj) & ~z->mask) != 0, 0))
+    os::fatal("free list corrupted (write after free?) in zone", z->name, reinterpret_cast<void *>(obj));
+  return hand_out(z, obj, flags);
+}
+
+// Length of a list ending at base.
+uint32_t list_length(uintptr_t list, uintptr_t base) {
+  uint32_t n = 0;
+  for (; list != base; list = words(list)[0]) ++n;
+  return n;
+}
+
+// Prepends a base-terminated list to s->free (lock held). Returns its length.
+uint32_t give_to_free(slab *s, uintptr_t list) {
+  uintptr_t base = base_of(s);
+  if (list == base) return 0;
+  uint32_t n = 1;
+  uintptr_t tail = list;
+  while (words(tail)[0] != base) {
+    tail = words(tail)[0];
+    ++n;
+  }
+  words(tail)[0] = s->free;
+  s->free = list;
+  s->nfree += n;
+  return n;
+}
+
+// Up to max never-used objects as a base-terminated list (lock held).
+uintptr_t carve(zone *z, slab *s, uint32_t max) {
+  uintptr_t base = base_of(s);
+  uint32_t n = z->nobjs - s->bump;
+  if (n > max) n = max;
+  if (n == 0) return base;
+  uintptr_t first = base + z->first_offset + uintptr_t{s->bump} * z->objsize;
+  for (uint32_t i = 0; i < n; ++i) {
+    uintptr_t obj = first + uintptr_t{i} * z->objsize;
+    words(obj)[0] = i + 1 < n ? obj + z->objsize : base;
+  }
+  s->bump += n;
+  s->nfree -= n;
+  return first;
+}
+
+// Objects for the slot from the slab's own stores (lock held): the remote
+// stack, the locked free list, or the unused tail. Base if none.
+uintptr_t take_objects(zone *z, slab *s) {
+  uintptr_t base = base_of(s);
+  if (s->remote.load(std::memory_order_relaxed) != base)
+    return s->remote.exchange(base, std::memory_order_acquire);
+  if (s->free != base) {
+    uintptr_t list = s->free;
+    s->nfree -= list_length(list, base);
+    s->free = base;
+    return list;
+  }
+  return carve(z, s, z->batch);
+}
+
+// The slab stops being bound to a CPU (lock held): collect its remote frees,
+// then file it by fullness. Returns a slab to unmap, if any.
+slab *detach(zone *z, slab *s) {
+  uintptr_t list = s->remote.exchange(base_of(s) | detached_bit, std::memory_order_acquire);
+  give_to_free(s, list);
+  if (s->nfree == z->nobjs) return retire_empty(z, s);
+  move(z, s, s->nfree == 0 ? where::full : s->is_reserve ? where::reserve : where::partial);
+  return nullptr;
+}
+
+// A slab to bind to a CPU (lock held; may drop it to map). nullptr if none.
+slab *next_slab(zone *z, int flags) {
+  if (!z->running && z->on(where::reserve).head) return z->on(where::reserve).head;
+  if (z->on(where::partial).head) return z->on(where::partial).head;
+  if (z->on(where::spare).head) return z->on(where::spare).head;
+  if (flags & SR_NOWAIT) return nullptr;
+  z->lock.release();
+  slab *s = map_slab(z);
+  z->lock.acquire();
+  if (!s) return nullptr;
+  ++z->sync_maps;
+  z->running = true;
+  s->list = where::spare;
+  z->on(where::spare).push(s);
+  return s;
+}
+
+// One object straight from a reserve slab, for SR_USE_RESERVE when the OS
+// said no (lock held). The slab is not bound to the CPU: the reserve must
+// not drain into ordinary allocations.
+uintptr_t from_reserve(zone *z) {
+  slab *s = z->on(where::reserve).head;
+  if (!s) return 0;
+  uintptr_t base = base_of(s), obj;
+  if (s->free != base) {
+    obj = s->free;
+    s->free = words(obj)[0];
+    --s->nfree;
+  } else {
+    obj = carve(z, s, 1);
+  }
+  if (s->nfree == 0) move(z, s, where::full);
+  ++z->reserve_allocs;
+  return obj;
+}
+
+void proactive_refill(zone *z) {
+  if (!z->refill.try_acquire()) return;  // someone else is at it: never wait for them
+  for (;;) {
+    z->lock.acquire();
+    bool enough = z->on(where::spare).count >= z->spare_high;
+    z->lock.release();
+    if (enough) break;
+    slab *s = map_slab(z);
+    z->lock.acquire();
+    if (!s) {
+      ++z->proactive_failures;  // silent: the next allocator to notice retries
+      z->lock.release();
+      break;
+    }
+    ++z->proactive_maps;
+    z->running = true;
+    s->list = where::spare;
+    z->on(where::spare).push(s);
+    z->lock.release();
+  }
+  z->refill.release();
+}
+
+void *alloc_slow(zone *z, int flags) {
+  slab *to_unmap = nullptr;
+  uintptr_t emergency = 0;
+  bool refill = false, failed = false;
+  z->lock.acquire();
+  for (;;) {
+    unsigned cpu = percpu::current_cpu();
+    uintptr_t w = percpu::peek(cpu, z->w_off());
+    if (w & z->mask) break;  // the slot has objects again: back to the fast path
+    slab *s = w ? reinterpret_cast<slab *>(w) : nullptr;
+    if (s) {
+      uintptr_t list = take_objects(z, s);
+      if (list == w) {
+        // exhausted: fall through to bind another slab
+      } else if (percpu::compare_store(z->w_off(), w, list)) {
+        break;
+      } else {
+        give_to_free(s, list);  // the slot changed under us (or we moved): retry
+        continue;
+      }
+    }
+    slab *n = next_slab(z, flags);
+    if (!n) {
+      if ((flags & SR_USE_RESERVE) && (emergency = from_reserve(z)) != 0) break;
+      failed = true;
+      break;
+    }
+    if (percpu::peek(percpu::current_cpu(), z->w_off()) != w) continue;  // changed while mapping
+    n->remote.store(base_of(n), std::memory_order_relaxed);
+    uintptr_t list = take_objects(z, n);
+    if (!percpu::compare_store(z->w_off(), w, list)) {
+      give_to_free(n, list);
+      n->remote.store(base_of(n) | detached_bit, std::memory_order_relaxed);
+      continue;
+    }
+    refill = n->list == where::spare;
+    move(z, n, where::active);
+    if (s) to_unmap = detach(z, s);
+    break;
+  }
+  refill = refill && z->on(where::spare).count < z->spare_low;
+  z->lock.release();
+
+  if (to_unmap) unmap_slab(z, to_unmap);
+  if (refill && !(flags & SR_NOWAIT)) proactive_refill(z);
+  if (emergency) return hand_out(z, emergency, flags);
+  if (failed) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  return alloc(z, flags);
+}
+
+// Free of an object whose slab is not this CPU's active one.
+void free_slow(zone *z, uintptr_t p) {
+  slab *s = slab_of(z, p);
+  if (pagemap::get(p) != s || s->owner != z) {
+    os::report_error("kfree_obj: pointer not from zone", z->name, reinterpret_cast<void *>(p));
+    z->errors.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  uintptr_t *o = words(p);
+  if (o[1] == z->marker(p)) {
+    os::report_error("kfree_obj: double free in zone", z->name, reinterpret_cast<void *>(p));
+    z->errors.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  o[1] = z->marker(p);
+  // Active elsewhere: the lock-free remote stack, collected by the owner CPU.
+  uintptr_t head = s->remote.load(std::memory_order_relaxed);
+  while (!(head & detached_bit)) {
+    o[0] = head;
+    if (s->remote.compare_exchange_weak(head, p, std::memory_order_release, std::memory_order_relaxed)) {
+      percpu::add(z->frees_off(), 1);
+      return;
+    }
+  }
+  // Not bound to any CPU: the zone lock files the slab by its new fullness.
+  slab *to_unmap = nullptr;
+  z->lock.acquire();
+  o[0] = s->free;
+  s->free = p;
+  ++s->nfree;
+  if (s->list != where::active) {
+    if (s->nfree == z->nobjs) to_unmap = retire_empty(z, s);
+    else if (s->nfree == 1) move(z, s, s->is_reserve ? where::reserve : where::partial);
+  }
+  z->lock.release();
+  percpu::add(z->frees_off(), 1);
+  if (to_unmap) unmap_slab(z, to_unmap);
+}
+
+}  // namespace
+
+void *alloc(zone *z, int flags) {
+  uintptr_t obj;
+  if (__builtin_expect(percpu::pop_masked(z->w_off(), z->mask, &obj), 1))
+    return finish_alloc(z, obj, flags);
+  return alloc_slow(z, flags);
+}
+
+void free(zone *z, void *ptr) {
+  if (!ptr) return;
+  uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
+  if (__builtin_expect(object_index(z, p) == ~uintptr_t{0}, 0)) {
+    os::report_error("kfree_obj: not the start of an object of zone", z->name, ptr);
+    z->errors.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  switch (percpu::push_tagged(z->w_off(), ~z->mask, p & ~z->mask, p, z->marker(p))) {
+    case percpu::pushed:
+      percpu::add(z->frees_off(), 1);
+      return;
+    case percpu::duplicate:
+      os::report_error("kfree_obj: double free in zone", z->name, ptr);
+      z->errors.fetch_add(1, std::memory_order_relaxed);
+      return;
+    case percpu::not_owner:
+      free_slow(z, p);
+      return;
+  }
+}
+
+}  // namespace sysref::slab

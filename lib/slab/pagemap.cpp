@@ -1,0 +1,77 @@
+#include "pagemap.hpp"
+
+#include <atomic>
+#include <cerrno>
+
+#include "../os/os.hpp"
+
+namespace sysref::slab::pagemap {
+namespace {
+
+constexpr int address_bits = 48;
+constexpr int index_bits = address_bits - granule_shift;  // 32
+constexpr int leaf_bits = 16;
+constexpr size_t leaf_entries = size_t{1} << leaf_bits;
+constexpr size_t top_entries = size_t{1} << (index_bits - leaf_bits);
+constexpr int static_leaves = 2;
+
+using leaf = std::atomic<void *>[leaf_entries];
+
+constinit std::atomic<leaf *> g_top[top_entries] = {};
+constinit std::atomic<void *> g_static[static_leaves][leaf_entries] = {};
+constinit int g_static_used = 0;
+constinit os::lock g_grow;
+
+leaf *leaf_for(size_t top, bool create) {
+  leaf *l = g_top[top].load(std::memory_order_acquire);
+  if (l || !create) return l;
+  os::guard g(g_grow);
+  l = g_top[top].load(std::memory_order_relaxed);
+  if (l) return l;
+  if (g_static_used < static_leaves) {
+    l = &g_static[g_static_used++];
+  } else {
+    l = static_cast<leaf *>(os::map(sizeof(leaf), os::page_size(), os::use::metadata));
+    if (!l) return nullptr;
+  }
+  g_top[top].store(l, std::memory_order_release);
+  return l;
+}
+
+}  // namespace
+
+int set(uintptr_t start, size_t len, void *owner) {
+  if ((start + len) >> address_bits) return EINVAL;
+  size_t first = start >> granule_shift, count = len >> granule_shift;
+  for (size_t i = first; i < first + count; ++i) {
+    leaf *l = leaf_for(i >> leaf_bits, true);
+    if (!l) {
+      clear(start, (i - first) << granule_shift);
+      return ENOMEM;
+    }
+    void *expected = nullptr;
+    if (!(*l)[i & (leaf_entries - 1)].compare_exchange_strong(expected, owner,
+                                                               std::memory_order_release)) {
+      clear(start, (i - first) << granule_shift);
+      return EEXIST;
+    }
+  }
+  return 0;
+}
+
+void clear(uintptr_t start, size_t len) {
+  size_t first = start >> granule_shift, count = len >> granule_shift;
+  for (size_t i = first; i < first + count; ++i) {
+    leaf *l = leaf_for(i >> leaf_bits, false);
+    if (l) (*l)[i & (leaf_entries - 1)].store(nullptr, std::memory_order_release);
+  }
+}
+
+void *get(uintptr_t addr) {
+  if (addr >> address_bits) return nullptr;
+  size_t i = addr >> granule_shift;
+  leaf *l = leaf_for(i >> leaf_bits, false);
+  return l ? (*l)[i & (leaf_entries - 1)].load(std::memory_order_acquire) : nullptr;
+}
+
+}  // namespace sysref::slab::pagemap

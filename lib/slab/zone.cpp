@@ -1,0 +1,262 @@
+// Zone life cycle: create, reserve, spare watermarks, statistics, destroy,
+// and the slab bookkeeping shared with the allocation paths.
+//
+// Zone structures come from a zone of zones seeded by a static reserve, so
+// creating a zone never calls malloc and can happen before the OS has given
+// the library a single page.
+#include <cerrno>
+#include <cstring>
+
+#include "../percpu/percpu.hpp"
+#include "pagemap.hpp"
+#include "zone.hpp"
+
+namespace sysref::slab {
+namespace {
+
+constinit zone g_zones{};  // the zone of zone structures
+constinit os::lock g_zones_init;
+constinit std::atomic<bool> g_zones_ready{false};
+// Three slabs' span holds two whole aligned slabs: a CPU each on small
+// machines before any page is mapped for zone structures.
+constinit char g_zones_reserve[3 * min_slab] = {};
+
+size_t round_up(size_t n, size_t to) { return (n + to - 1) & ~(to - 1); }
+
+void init_slab(zone *z, slab *s, bool is_reserve) {
+  uintptr_t base = base_of(s);
+  s->magic = slab_magic;
+  s->owner = z;
+  s->remote.store(base | detached_bit, std::memory_order_relaxed);
+  s->free = base;
+  s->nfree = z->nobjs;
+  s->bump = 0;
+  s->is_reserve = is_reserve;
+  s->prev = s->next = nullptr;
+}
+
+bool init_zone(zone *z, const char *name, size_t objsize, size_t align) {
+  z->magic = zone_magic;
+  std::strncpy(z->name, name ? name : "(unnamed)", sizeof z->name - 1);
+  z->name[sizeof z->name - 1] = '\0';
+  z->objsize = objsize;
+  z->first_offset = round_up(sizeof(slab), align);
+  z->slab_size = min_slab;
+  while ((z->slab_size - z->first_offset) / objsize < 8) z->slab_size <<= 1;
+  z->nobjs = static_cast<uint32_t>((z->slab_size - z->first_offset) / objsize);
+  z->mask = z->slab_size - 1;
+  z->reciprocal = ~uint64_t{0} / objsize + 1;
+  // A batch fills about a page, so refills fault pages in one at a time.
+  size_t batch = os::page_size() / objsize;
+  z->batch = static_cast<uint32_t>(batch < 4 ? 4 : batch > 64 ? 64 : batch);
+  if (z->batch > z->nobjs) z->batch = z->nobjs;
+  z->secret = os::random_seed();
+  z->running = false;
+  z->mapped_as = os::use::data;
+  z->spare_low = os::opts().spare_low;
+  z->spare_high = os::opts().spare_high;
+  for (auto &l : z->lists) l = slab_list{};
+  z->sync_maps = z->proactive_maps = z->proactive_failures = z->released = z->reserve_allocs = 0;
+  z->errors.store(0, std::memory_order_relaxed);
+  long slot = percpu::slot_alloc();
+  if (slot < 0) return false;
+  z->slot = static_cast<size_t>(slot);
+  return true;
+}
+
+zone *zone_of_zones() {
+  if (g_zones_ready.load(std::memory_order_acquire)) return &g_zones;
+  os::guard g(g_zones_init);
+  if (!g_zones_ready.load(std::memory_order_relaxed)) {
+    if (!init_zone(&g_zones, "sysref.zones", round_up(sizeof(zone), 64), 64)) return nullptr;
+    g_zones.mapped_as = os::use::metadata;
+    g_zones.spare_low = g_zones.spare_high = 0;  // metadata grows on demand only
+    if (reserve(&g_zones, g_zones_reserve, sizeof g_zones_reserve) < 1) return nullptr;
+    g_zones_ready.store(true, std::memory_order_release);
+  }
+  return &g_zones;
+}
+
+bool valid(const zone *z) { return z && z->magic == zone_magic; }
+
+}  // namespace
+
+void move(zone *z, slab *s, where to) {
+  z->on(s->list).remove(s);
+  s->list = to;
+  z->on(to).push(s);
+}
+
+slab *retire_empty(zone *z, slab *s) {
+  s->free = base_of(s);  // forget the scattered list: the next user carves in order
+  s->bump = 0;
+  s->nfree = z->nobjs;
+  if (s->is_reserve) {
+    move(z, s, where::reserve);
+    return nullptr;
+  }
+  if (z->on(where::spare).count < z->spare_high) {
+    move(z, s, where::spare);
+    return nullptr;
+  }
+  z->on(s->list).remove(s);
+  ++z->released;
+  return s;
+}
+
+slab *map_slab(zone *z) {
+  void *mem = os::map(z->slab_size, z->slab_size, z->mapped_as);
+  if (!mem) return nullptr;
+  auto *s = static_cast<slab *>(mem);
+  init_slab(z, s, false);
+  if (pagemap::set(base_of(s), z->slab_size, s) != 0) {
+    os::unmap(mem, z->slab_size, z->mapped_as);
+    return nullptr;
+  }
+  return s;
+}
+
+void unmap_slab(zone *z, slab *s) {
+  pagemap::clear(base_of(s), z->slab_size);
+  s->magic = 0;
+  os::unmap(s, z->slab_size, z->mapped_as);
+}
+
+zone *zone_create(const char *name, size_t objsize, size_t align, unsigned flags) {
+  if (align == 0) align = 16;
+  if (objsize == 0 || objsize > max_object || (align & (align - 1)) != 0 ||
+      align > os::page_size() || flags != 0) {
+    errno = EINVAL;
+    return nullptr;
+  }
+  if (align < 16) align = 16;  // two words of free-list bookkeeping per object
+  zone *zz = zone_of_zones();
+  if (!zz) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  auto *z = static_cast<zone *>(alloc(zz, 0));
+  if (!z) return nullptr;
+  std::memset(static_cast<void *>(z), 0, sizeof *z);
+  if (!init_zone(z, name, round_up(objsize, align), align)) {
+    free(zz, z);
+    errno = ENOMEM;
+    return nullptr;
+  }
+  return z;
+}
+
+void zone_destroy(zone *z) {
+  if (!valid(z) || z == &g_zones) {
+    os::report_error("kmalloc_obj_zone_destroy: not a zone", nullptr, z);
+    return;
+  }
+  z->lock.acquire();
+  for (auto &l : z->lists) {
+    while (slab *s = l.head) {
+      l.remove(s);
+      if (s->is_reserve) {
+        pagemap::clear(base_of(s), z->slab_size);
+        s->magic = 0;  // the caller's memory: hand it back, never unmap it
+      } else {
+        unmap_slab(z, s);
+      }
+    }
+  }
+  z->lock.release();
+  percpu::slot_free(z->slot);
+  z->magic = 0;
+  free(zone_of_zones(), z);
+}
+
+int reserve(zone *z, void *mem, size_t len) {
+  if (!valid(z) || !mem) return -EINVAL;
+  uintptr_t start = round_up(reinterpret_cast<uintptr_t>(mem), z->slab_size);
+  uintptr_t end = reinterpret_cast<uintptr_t>(mem) + len;
+  if (end < start || end - start < z->slab_size) return -EINVAL;
+  size_t count = (end - start) / z->slab_size;
+  for (size_t i = 0; i < count; ++i) {
+    uintptr_t base = start + i * z->slab_size;
+    if (int err = pagemap::set(base, z->slab_size, reinterpret_cast<void *>(base))) {
+      pagemap::clear(start, i * z->slab_size);
+      return -err;
+    }
+  }
+  os::guard g(z->lock);
+  for (size_t i = 0; i < count; ++i) {
+    auto *s = reinterpret_cast<slab *>(start + i * z->slab_size);
+    init_slab(z, s, true);
+    s->list = where::reserve;
+    z->on(where::reserve).push(s);
+  }
+  return static_cast<int>(count);
+}
+
+int set_spare(zone *z, unsigned low, unsigned high) {
+  if (!valid(z) || low > high || high > 1024) return -EINVAL;
+  slab *drop = nullptr;
+  {
+    os::guard g(z->lock);
+    z->spare_low = low;
+    z->spare_high = high;
+    while (z->on(where::spare).count > high) {
+      slab *s = z->on(where::spare).head;
+      z->on(where::spare).remove(s);
+      ++z->released;
+      s->next = drop;
+      drop = s;
+    }
+  }
+  while (drop) {
+    slab *next = drop->next;
+    unmap_slab(z, drop);
+    drop = next;
+  }
+  return 0;
+}
+
+size_t slab_size(const zone *z) { return z->slab_size; }
+size_t object_size(const zone *z) { return z->objsize; }
+
+int stats(zone *z, kmalloc_zone_stats *out) {
+  if (!valid(z) || !out) return -EINVAL;
+  // Frees before allocs: a concurrent pair then never shows live < 0.
+  uint64_t frees = percpu::sum(z->frees_off());
+  uint64_t allocs = percpu::sum(z->allocs_off());
+  os::guard g(z->lock);
+  *out = {};
+  out->objsize = z->objsize;
+  out->slab_size = z->slab_size;
+  out->objs_per_slab = z->nobjs;
+  out->allocs = allocs;
+  out->frees = frees;
+  out->live = allocs - frees;
+  out->slabs_active = z->on(where::active).count;
+  out->slabs_partial = z->on(where::partial).count;
+  out->slabs_full = z->on(where::full).count;
+  out->slabs_spare = z->on(where::spare).count;
+  uint64_t reserve = 0, total = 0;
+  for (auto &l : z->lists) {
+    total += l.count;
+    for (slab *s = l.head; s; s = s->next) reserve += s->is_reserve;
+  }
+  out->slabs = total;
+  out->slabs_reserve = reserve;
+  out->reserve_allocs = z->reserve_allocs;
+  out->sync_maps = z->sync_maps;
+  out->proactive_maps = z->proactive_maps;
+  out->proactive_failures = z->proactive_failures;
+  out->slabs_released = z->released;
+  out->bytes_mapped = (total - reserve) * z->slab_size;
+  out->errors = z->errors.load(std::memory_order_relaxed);
+  out->spare_low = z->spare_low;
+  out->spare_high = z->spare_high;
+  return 0;
+}
+
+zone *owner_of(const void *p) {
+  auto *s = static_cast<slab *>(pagemap::get(reinterpret_cast<uintptr_t>(p)));
+  return s ? s->owner : nullptr;
+}
+
+}  // namespace sysref::slab

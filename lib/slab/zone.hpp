@@ -1,0 +1,110 @@
+// Private to lib/slab: the zone and slab structures and the helpers the
+// allocation paths and zone management share.
+//
+// A slab is slab_size bytes aligned to slab_size; its header sits at the base
+// and objects follow at first_offset. A list of free objects threads through
+// their first word and ends at the slab base (so the list word alone tells
+// which slab it belongs to: word & ~mask). A free object's second word holds
+// the zone secret XOR its address (double-free detection).
+//
+// Where a slab's free objects are:
+//   - active (bound to one CPU): in that CPU's slot word W (rseq-owned), in
+//     `remote` (frees from other CPUs, a lock-free stack), and in `free` /
+//     the unused tail (zone lock).
+//   - not active: in `free` and the unused tail (zone lock); `remote` holds
+//     base | detached_bit, which sends remote freers to the zone lock.
+// nfree counts `free` plus the unused tail, always, under the zone lock.
+//
+// Lock order: zone->refill before zone->lock; pagemap's grow lock innermost.
+#pragma once
+#include <atomic>
+
+#include "../os/os.hpp"
+#include "slab.hpp"
+
+namespace sysref::slab {
+
+inline constexpr uint64_t slab_magic = 0x5359535245465342ull;  // "SYSREFSB"
+inline constexpr uint64_t zone_magic = 0x53595352455a4f4eull;  // "SYSREZON"
+inline constexpr uintptr_t detached_bit = 1;
+
+enum class where : uint8_t { active, partial, full, spare, reserve };
+
+struct slab {
+  uint64_t magic;
+  zone *owner;
+  std::atomic<uintptr_t> remote;
+  uintptr_t free;  // list ending at the slab base
+  uint32_t nfree;  // objects on `free` plus never-used tail objects
+  uint32_t bump;   // index of the first never-used object
+  where list;
+  bool is_reserve;
+  slab *prev, *next;
+};
+
+struct slab_list {
+  slab *head = nullptr;
+  size_t count = 0;
+  void push(slab *s) {
+    s->prev = nullptr;
+    s->next = head;
+    if (head) head->prev = s;
+    head = s;
+    ++count;
+  }
+  void remove(slab *s) {
+    if (s->prev) s->prev->next = s->next;
+    else head = s->next;
+    if (s->next) s->next->prev = s->prev;
+    --count;
+  }
+};
+
+struct zone {
+  uint64_t magic;
+  char name[32];
+  size_t objsize, slab_size, first_offset;
+  uint32_t nobjs, batch;
+  uintptr_t mask;         // slab_size - 1
+  uint64_t reciprocal;    // ceil(2^64 / objsize): offset -> index without a divide
+  uint64_t secret;
+  size_t slot;            // per-CPU slot: W at +8, allocs at +16, frees at +24
+  os::lock lock;
+  os::lock refill;
+  bool running;           // has had a slab from the OS: reserves now for emergencies
+  os::use mapped_as;      // metadata for the library's internal zones
+  unsigned spare_low, spare_high;
+  slab_list lists[5];     // indexed by where
+  uint64_t sync_maps, proactive_maps, proactive_failures, released, reserve_allocs;
+  std::atomic<uint64_t> errors;
+
+  size_t w_off() const { return slot + 8; }
+  size_t allocs_off() const { return slot + 16; }
+  size_t frees_off() const { return slot + 24; }
+  slab_list &on(where w) { return lists[static_cast<int>(w)]; }
+  uintptr_t marker(uintptr_t obj) const { return secret ^ obj; }
+};
+
+inline slab *slab_of(const zone *z, uintptr_t p) { return reinterpret_cast<slab *>(p & ~z->mask); }
+inline uintptr_t base_of(const slab *s) { return reinterpret_cast<uintptr_t>(s); }
+
+// Offset into the object area if p is the start of an object of z's slab
+// layout; ~0 otherwise. Pure arithmetic: touches no memory.
+inline uintptr_t object_index(const zone *z, uintptr_t p) {
+  uintptr_t off = (p & z->mask) - z->first_offset;  // wraps below the first object
+  __extension__ using u128 = unsigned __int128;
+  uint64_t index = static_cast<uint64_t>((static_cast<u128>(off) * z->reciprocal) >> 64);
+  if (index >= z->nobjs || index * z->objsize != off) return ~uintptr_t{0};
+  return index;
+}
+
+// Shared between alloc.cpp and zone.cpp (all with z->lock held).
+void move(zone *z, slab *s, where to);
+// A slab whose objects are all free: keep it spare, or queue it for unmapping
+// (returned: the caller unmaps after dropping the lock).
+slab *retire_empty(zone *z, slab *s);
+void unmap_slab(zone *z, slab *s);  // without the lock
+slab *map_slab(zone *z);            // without the lock; nullptr if the OS refused
+void mark_free(zone *z, uintptr_t obj);
+
+}  // namespace sysref::slab

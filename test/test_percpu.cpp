@@ -1,0 +1,185 @@
+// lib/percpu: slots, counters and lists stay exact while threads migrate
+// between CPUs and are hit by signals. Run once per mode (see meson.build).
+#include <criterion/criterion.h>
+
+#include <atomic>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <pthread.h>
+#include <sched.h>
+#include <sysref/percpu.h>
+#include <thread>
+#include <vector>
+
+#include "os/os.hpp"
+#include "percpu/percpu.hpp"
+
+using namespace sysref;
+
+namespace {
+
+const char *expected_mode() {
+  const char *v = std::getenv("SYSREF_PERCPU");
+  return v && !std::strcmp(v, "lock") ? "lock" : "rseq";
+}
+
+void move_to(unsigned cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu % std::thread::hardware_concurrency(), &set);
+  sched_setaffinity(0, sizeof set, &set);
+}
+
+size_t g_signal_counter;  // slot offset bumped from the signal handler (rseq mode)
+thread_local unsigned long t_signals;
+bool g_handler_counts;
+
+void on_signal(int) {
+  ++t_signals;
+  // A restartable sequence inside a handler that interrupted another one: the
+  // kernel aborted the interrupted section; this one must commit exactly once.
+  if (g_handler_counts) percpu::add(g_signal_counter, 1);
+}
+
+// Threads that move between CPUs every few operations while a signaller
+// hammers them; body(i) runs the operation under test.
+template <class Body>
+unsigned long stress(int nthreads, long iterations, Body body) {
+  struct sigaction sa {};
+  sa.sa_handler = on_signal;
+  sa.sa_flags = SA_RESTART;
+  sigaction(SIGUSR1, &sa, nullptr);
+  std::atomic<bool> done{false};
+  std::atomic<unsigned long> signals{0};
+  std::vector<pthread_t> ids(nthreads);
+  std::atomic<int> started{0}, finished{0};
+  std::vector<std::thread> workers;
+  for (int t = 0; t < nthreads; ++t)
+    workers.emplace_back([&, t] {
+      ids[t] = pthread_self();
+      started.fetch_add(1);
+      for (long i = 0; i < iterations; ++i) {
+        if (i % 64 == 0) move_to(static_cast<unsigned>(t + i / 64));
+        body(t, i);
+      }
+      // Stop taking signals before reading the count; stay alive (a valid
+      // target for pthread_kill) until the signaller has stopped.
+      sigset_t usr1;
+      sigemptyset(&usr1);
+      sigaddset(&usr1, SIGUSR1);
+      pthread_sigmask(SIG_BLOCK, &usr1, nullptr);
+      signals.fetch_add(t_signals);
+      finished.fetch_add(1);
+      while (!done.load()) sched_yield();
+    });
+  while (started.load() < nthreads) sched_yield();
+  std::thread signaller([&] {
+    while (!done.load(std::memory_order_relaxed)) {
+      for (int t = 0; t < nthreads; ++t) pthread_kill(ids[t], SIGUSR1);
+      if (finished.load() == nthreads) done.store(true);
+    }
+  });
+  signaller.join();
+  for (auto &w : workers) w.join();
+  return signals.load();
+}
+
+}  // namespace
+
+Test(percpu, mode_is_the_one_asked_for) {
+  cr_assert(percpu::ensure_init());
+  cr_expect_str_eq(sysref_percpu_mode(), expected_mode());
+  cr_expect_geq(percpu::ncpus(), std::thread::hardware_concurrency());
+}
+
+Test(percpu, slots_are_distinct_and_recycled_zeroed) {
+  cr_assert(percpu::ensure_init());
+  long a = percpu::slot_alloc(), b = percpu::slot_alloc();
+  cr_assert_geq(a, 0);
+  cr_assert_geq(b, 0);
+  cr_expect_neq(a, b);
+  cr_expect_eq(a % percpu::slot_bytes, 0u);
+  percpu::add(static_cast<size_t>(a) + 8, 7);
+  cr_expect_eq(percpu::sum(static_cast<size_t>(a) + 8), 7u);
+  percpu::slot_free(static_cast<size_t>(a));
+  long c = percpu::slot_alloc();
+  cr_expect_eq(c, a, "lowest free slot comes back");
+  cr_expect_eq(percpu::sum(static_cast<size_t>(c) + 8), 0u, "and comes back zeroed");
+  percpu::slot_free(static_cast<size_t>(b));
+  percpu::slot_free(static_cast<size_t>(c));
+}
+
+Test(percpu, counters_exact_under_migration_and_signals) {
+  cr_assert(percpu::ensure_init());
+  size_t slot = static_cast<size_t>(percpu::slot_alloc());
+  g_signal_counter = slot + 16;
+  g_handler_counts = percpu::current_mode() == percpu::mode::rseq;  // lock mode: handler must not lock
+  const int threads = 4;
+  const long iterations = 200000;
+  unsigned long signals = stress(threads, iterations, [&](int, long) { percpu::add(slot + 8, 3); });
+  cr_expect_eq(percpu::sum(slot + 8), 3ull * threads * iterations);
+  if (g_handler_counts) cr_expect_eq(percpu::sum(slot + 16), signals);
+  cr_expect_gt(signals, 0u, "the test must actually deliver signals");
+  percpu::slot_free(slot);
+}
+
+// Each CPU's slot word heads a list of nodes inside one 64 KiB-aligned pool
+// (the mask test of pop_masked). Threads pop a node, stamp it, check that no
+// one else holds it, and push it back, while migrating and being signalled.
+Test(percpu, lists_lose_and_duplicate_nothing_under_migration_and_signals) {
+  cr_assert(percpu::ensure_init());
+  const unsigned ncpu = std::thread::hardware_concurrency();
+  const uintptr_t pool_size = 1 << 16, mask = pool_size - 1;
+  const size_t node = 64, per_cpu = 32;
+  size_t slot = static_cast<size_t>(percpu::slot_alloc());
+  std::vector<uintptr_t> pools;
+  for (unsigned c = 0; c < ncpu; ++c) {
+    auto base = reinterpret_cast<uintptr_t>(os::map(pool_size, pool_size));
+    cr_assert(base);
+    pools.push_back(base);
+    // Nodes from offset 64; the list ends at the pool base (W & mask == 0).
+    for (size_t i = 0; i < per_cpu; ++i) {
+      uintptr_t n = base + node * (i + 1);
+      *reinterpret_cast<uintptr_t *>(n) = i + 1 < per_cpu ? n + node : base;
+    }
+    move_to(c);
+    while (!percpu::compare_store(slot + 8, 0, base + node)) move_to(c);
+  }
+  g_handler_counts = false;
+  std::atomic<long> misses{0}, bad{0};
+  stress(4, 100000, [&](int t, long i) {
+    uintptr_t n;
+    if (!percpu::pop_masked(slot + 8, mask, &n)) {
+      misses.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    auto *owner = reinterpret_cast<std::atomic<long> *>(n + 8);
+    long stamp = (long{t} << 32) | (i & 0xffffffff);
+    if (owner->exchange(stamp) != 0) bad.fetch_add(1);  // someone else held it too
+    owner->store(0);
+    // Push back onto whatever list this CPU has: owner = that pool's base.
+    uintptr_t w = percpu::peek(percpu::current_cpu(), slot + 8);
+    if (!percpu::push_owned(slot + 8, ~mask, w & ~mask, n)) {
+      // Moved between peek and push: find the current owner and retry.
+      for (;;) {
+        w = percpu::peek(percpu::current_cpu(), slot + 8);
+        if (percpu::push_owned(slot + 8, ~mask, w & ~mask, n)) break;
+      }
+    }
+  });
+  cr_expect_eq(bad.load(), 0, "a node was handed to two threads at once");
+  // Count every node on every CPU's list: none lost, none duplicated.
+  size_t total = 0;
+  for (unsigned c = 0; c < ncpu; ++c) {
+    uintptr_t w = percpu::peek(c, slot + 8);
+    while (w & mask) {
+      ++total;
+      cr_assert_leq(total, ncpu * per_cpu, "a list has a cycle");
+      w = *reinterpret_cast<uintptr_t *>(w);
+    }
+  }
+  cr_expect_eq(total, ncpu * per_cpu);
+  percpu::slot_free(slot);
+  for (uintptr_t p : pools) os::unmap(reinterpret_cast<void *>(p), pool_size);
+}
