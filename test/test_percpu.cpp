@@ -124,15 +124,19 @@ Test(percpu, counters_exact_under_migration_and_signals) {
   percpu::slot_free(slot);
 }
 
-// Each CPU's slot word heads a list of nodes inside one 64 KiB-aligned pool
-// (the mask test of pop_masked). Threads pop a node, stamp it, check that no
-// one else holds it, and push it back, while migrating and being signalled.
-Test(percpu, lists_lose_and_duplicate_nothing_under_migration_and_signals) {
+// Each CPU's slot word heads a counted list of nodes inside one 64 KiB-aligned
+// pool (the mask test of pop_counted). Threads pop a node, stamp it, check
+// that no one else holds it, and push it back, while migrating and being
+// signalled. Nothing may be lost or duplicated, and the per-CPU pop and push
+// counters must equal what the threads did.
+Test(percpu, counted_lists_stay_exact_under_migration_and_signals) {
   cr_assert(percpu::ensure_init());
   const unsigned ncpu = std::thread::hardware_concurrency();
   const uintptr_t pool_size = 1 << 16, mask = pool_size - 1;
   const size_t node = 64, per_cpu = 32;
+  const uintptr_t tag = 0x5eed5eed;
   size_t slot = static_cast<size_t>(percpu::slot_alloc());
+  const size_t pops_at = slot + 8, w_at = slot + 16, pushes_at = slot + 24;
   std::vector<uintptr_t> pools;
   for (unsigned c = 0; c < ncpu; ++c) {
     auto base = reinterpret_cast<uintptr_t>(os::map(pool_size, pool_size));
@@ -144,35 +148,39 @@ Test(percpu, lists_lose_and_duplicate_nothing_under_migration_and_signals) {
       *reinterpret_cast<uintptr_t *>(n) = i + 1 < per_cpu ? n + node : base;
     }
     move_to(c);
-    while (!percpu::compare_store(slot + 8, 0, base + node)) move_to(c);
+    while (!percpu::compare_store(w_at, 0, base + node)) move_to(c);
   }
   g_handler_counts = false;
-  std::atomic<long> misses{0}, bad{0};
+  std::atomic<long> misses{0}, bad{0}, pops{0}, pushes{0}, dups{0};
   stress(4, 100000, [&](int t, long i) {
     uintptr_t n;
-    if (!percpu::pop_masked(slot + 8, mask, &n)) {
+    if (!percpu::pop_counted(w_at, mask, &n)) {
       misses.fetch_add(1, std::memory_order_relaxed);
       return;
     }
-    auto *owner = reinterpret_cast<std::atomic<long> *>(n + 8);
+    pops.fetch_add(1, std::memory_order_relaxed);
+    reinterpret_cast<uintptr_t *>(n)[1] = 0;  // no longer tagged as listed
+    auto *owner = reinterpret_cast<std::atomic<long> *>(n + 16);
     long stamp = (long{t} << 32) | (i & 0xffffffff);
     if (owner->exchange(stamp) != 0) bad.fetch_add(1);  // someone else held it too
     owner->store(0);
-    // Push back onto whatever list this CPU has: owner = that pool's base.
-    uintptr_t w = percpu::peek(percpu::current_cpu(), slot + 8);
-    if (!percpu::push_owned(slot + 8, ~mask, w & ~mask, n)) {
-      // Moved between peek and push: find the current owner and retry.
-      for (;;) {
-        w = percpu::peek(percpu::current_cpu(), slot + 8);
-        if (percpu::push_owned(slot + 8, ~mask, w & ~mask, n)) break;
-      }
+    // Push back onto whatever list this CPU has: owner = that list's pool.
+    for (;;) {
+      uintptr_t w = percpu::peek(percpu::current_cpu(), w_at);
+      auto r = percpu::push_counted(w_at, ~mask, w & ~mask, n, tag);
+      if (r == percpu::duplicate) dups.fetch_add(1);
+      if (r != percpu::not_owner) break;  // moved between peek and push: again
     }
+    pushes.fetch_add(1, std::memory_order_relaxed);
   });
   cr_expect_eq(bad.load(), 0, "a node was handed to two threads at once");
+  cr_expect_eq(dups.load(), 0, "a retry after an abort took its own tag for a duplicate");
+  cr_expect_eq(percpu::sum(pops_at), static_cast<uint64_t>(pops.load()));
+  cr_expect_eq(percpu::sum(pushes_at), static_cast<uint64_t>(pushes.load()));
   // Count every node on every CPU's list: none lost, none duplicated.
   size_t total = 0;
   for (unsigned c = 0; c < ncpu; ++c) {
-    uintptr_t w = percpu::peek(c, slot + 8);
+    uintptr_t w = percpu::peek(c, w_at);
     while (w & mask) {
       ++total;
       cr_assert_leq(total, ncpu * per_cpu, "a list has a cycle");

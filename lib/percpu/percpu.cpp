@@ -133,37 +133,31 @@ uint64_t sum(size_t offset) {
   return total;
 }
 
-bool locked_pop_masked(size_t offset, uintptr_t mask, uintptr_t *out) {
+// In lock mode the words are written with relaxed atomic stores: statistics
+// readers on other CPUs peek at them without the lock.
+bool locked_pop_counted(size_t w_offset, uintptr_t mask, uintptr_t *out) {
   unsigned cpu = os::current_cpu();
-  os::guard g(slot_lock_of(cpu, offset));
-  uintptr_t &w = word(cpu, offset);
+  os::guard g(slot_lock_of(cpu, w_offset));
+  uintptr_t &w = word(cpu, w_offset), &pops = word(cpu, w_offset - 8);
   if ((w & mask) == 0) return false;
   *out = w;
   __atomic_store_n(&w, *reinterpret_cast<uintptr_t *>(w), __ATOMIC_RELAXED);
+  __atomic_store_n(&pops, pops + 1, __ATOMIC_RELAXED);
   return true;
 }
 
-bool locked_push_owned(size_t offset, uintptr_t notmask, uintptr_t owner, uintptr_t obj) {
+int locked_push_counted(size_t w_offset, uintptr_t notmask, uintptr_t owner, uintptr_t obj,
+                        uintptr_t tag) {
   unsigned cpu = os::current_cpu();
-  os::guard g(slot_lock_of(cpu, offset));
-  uintptr_t &w = word(cpu, offset);
-  if ((w & notmask) != owner) return false;
-  *reinterpret_cast<uintptr_t *>(obj) = w;
-  __atomic_store_n(&w, obj, __ATOMIC_RELAXED);
-  return true;
-}
-
-int locked_push_tagged(size_t offset, uintptr_t notmask, uintptr_t owner, uintptr_t obj,
-                       uintptr_t tag) {
-  unsigned cpu = os::current_cpu();
-  os::guard g(slot_lock_of(cpu, offset));
-  uintptr_t &w = word(cpu, offset);
+  os::guard g(slot_lock_of(cpu, w_offset));
+  uintptr_t &w = word(cpu, w_offset), &pushes = word(cpu, w_offset + 8);
   if ((w & notmask) != owner) return not_owner;
   auto *o = reinterpret_cast<uintptr_t *>(obj);
   if (o[1] == tag) return duplicate;
   o[1] = tag;
   o[0] = w;
   __atomic_store_n(&w, obj, __ATOMIC_RELAXED);
+  __atomic_store_n(&pushes, pushes + 1, __ATOMIC_RELAXED);
   return pushed;
 }
 

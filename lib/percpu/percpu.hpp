@@ -23,6 +23,7 @@
 #include "rseq_x86_64.hpp"
 #else
 #define SYSREF_HAVE_RSEQ 0
+#define SR_RSEQ_FN static inline __attribute__((always_inline))
 #endif
 
 namespace sysref::percpu {
@@ -64,59 +65,50 @@ inline uint64_t peek(unsigned cpu, size_t offset) {
 uint64_t sum(size_t offset);  // a counter summed over every CPU
 
 // Fallback implementations (lock mode).
-bool locked_pop_masked(size_t offset, uintptr_t mask, uintptr_t *out);
-bool locked_push_owned(size_t offset, uintptr_t notmask, uintptr_t owner, uintptr_t obj);
-int locked_push_tagged(size_t offset, uintptr_t notmask, uintptr_t owner, uintptr_t obj,
-                       uintptr_t tag);
+bool locked_pop_counted(size_t w_offset, uintptr_t mask, uintptr_t *out);
+int locked_push_counted(size_t w_offset, uintptr_t notmask, uintptr_t owner, uintptr_t obj,
+                        uintptr_t tag);
 bool locked_compare_store(size_t offset, uintptr_t expect, uintptr_t desired);
 void locked_add(size_t offset, uint64_t n);
 
 // ---- operations on the current CPU's copy of a slot word -------------------
-// Word W at offset heads a list: W & mask == 0 means empty. On success *out is
-// the popped element and W became its first word.
-inline bool pop_masked(size_t offset, uintptr_t mask, uintptr_t *out) {
+// Counted lists: three words [pops][W][pushes], w_offset 16-byte aligned minus
+// 8 (so slot + 16 is the usual place for W). W heads a list of elements linked
+// through their first word; W & mask == 0 means empty. Every pop and push
+// counts itself in the same committing store, so the counters are exact.
+//
+// Pop: on success *out is the popped element and W became its first word.
+SR_RSEQ_FN bool pop_counted(size_t w_offset, uintptr_t mask, uintptr_t *out) {
 #if SYSREF_HAVE_RSEQ
   if (__builtin_expect(g_region.m == mode::rseq, 1)) {
     for (;;) {
-      auto r = rseq_x86::pop_masked(g_region.base + offset, mask, out);
+      auto r = rseq_x86::pop_counted(g_region.base + w_offset, mask, out);
       if (r != rseq_x86::aborted) return r == rseq_x86::ok;
     }
   }
 #endif
-  return locked_pop_masked(offset, mask, out);
-}
-
-// Pushes obj if W & notmask == owner (the list belongs to owner).
-inline bool push_owned(size_t offset, uintptr_t notmask, uintptr_t owner, uintptr_t obj) {
-#if SYSREF_HAVE_RSEQ
-  if (__builtin_expect(g_region.m == mode::rseq, 1)) {
-    for (;;) {
-      auto r = rseq_x86::push_owned(g_region.base + offset, notmask, owner, obj);
-      if (r != rseq_x86::aborted) return r == rseq_x86::ok;
-    }
-  }
-#endif
-  return locked_push_owned(offset, notmask, owner, obj);
+  return locked_pop_counted(w_offset, mask, out);
 }
 
 enum push_result { pushed = 0, not_owner = 1, duplicate = 2 };
 
-// push_owned that also stores tag in obj's second word, and reports
-// `duplicate` (writing nothing) if that word already held tag.
-inline push_result push_tagged(size_t offset, uintptr_t notmask, uintptr_t owner, uintptr_t obj,
-                               uintptr_t tag) {
+// Push obj if the list belongs to owner (W & notmask == owner), storing tag in
+// obj's second word; `duplicate` (nothing written) if that word already held
+// tag.
+SR_RSEQ_FN push_result push_counted(size_t w_offset, uintptr_t notmask, uintptr_t owner,
+                                    uintptr_t obj, uintptr_t tag) {
 #if SYSREF_HAVE_RSEQ
   if (__builtin_expect(g_region.m == mode::rseq, 1)) {
-    int r = rseq_x86::push_tagged<true>(g_region.base + offset, notmask, owner, obj, tag);
+    int r = rseq_x86::push_counted<true>(g_region.base + w_offset, notmask, owner, obj, tag);
     while (r == rseq_x86::aborted)
-      r = rseq_x86::push_tagged<false>(g_region.base + offset, notmask, owner, obj, tag);
+      r = rseq_x86::push_counted<false>(g_region.base + w_offset, notmask, owner, obj, tag);
     return static_cast<push_result>(r);
   }
 #endif
-  return static_cast<push_result>(locked_push_tagged(offset, notmask, owner, obj, tag));
+  return static_cast<push_result>(locked_push_counted(w_offset, notmask, owner, obj, tag));
 }
 
-inline bool compare_store(size_t offset, uintptr_t expect, uintptr_t desired) {
+SR_RSEQ_FN bool compare_store(size_t offset, uintptr_t expect, uintptr_t desired) {
 #if SYSREF_HAVE_RSEQ
   if (__builtin_expect(g_region.m == mode::rseq, 1)) {
     for (;;) {
@@ -128,7 +120,7 @@ inline bool compare_store(size_t offset, uintptr_t expect, uintptr_t desired) {
   return locked_compare_store(offset, expect, desired);
 }
 
-inline void add(size_t offset, uint64_t n) {
+SR_RSEQ_FN void add(size_t offset, uint64_t n) {
 #if SYSREF_HAVE_RSEQ
   if (__builtin_expect(g_region.m == mode::rseq, 1)) {
     while (rseq_x86::add(g_region.base + offset, n) == rseq_x86::aborted) {

@@ -13,6 +13,12 @@
 #include <cstdint>
 #include <sys/rseq.h>
 
+// Every function that contains (or inlines) a critical section must have
+// internal linkage: an inline function with external linkage becomes a COMDAT
+// copy per object file, the linker keeps one, and the __rseq_cs descriptors of
+// the discarded copies then point into discarded code. SR_RSEQ_FN says so.
+#define SR_RSEQ_FN static inline __attribute__((always_inline))
+
 namespace sysref::percpu::rseq_x86 {
 
 enum result { ok = 0, mismatch = 1, aborted = -1 };
@@ -44,20 +50,30 @@ inline constexpr int cpu_shift = 16;  // 64 KiB of slots per CPU
   "jmp %l[abort]\n\t"                                     \
   ".popsection\n\t"
 
-// Pop from a list whose head word W lives in the slot: W & mask == 0 means
-// empty (W is then 0 or the terminator). Commits W = *(uintptr_t *)W.
-inline result pop_masked(uintptr_t base, uintptr_t mask, uintptr_t *out) {
+// Counted lists: the slot holds three words [pops][W][pushes]; base is &W.
+// W heads a list: W & mask == 0 means empty (W is then 0 or a terminator).
+// Each operation commits the new W together with its counter in one 16-byte
+// store: one instruction, so preemption sees all of it or none of it, and
+// each 8-byte word is written whole for readers on other CPUs.
+
+// Pop: *out = W, then commit {pops + 1, W = *(uintptr_t *)W}.
+SR_RSEQ_FN result pop_counted(uintptr_t base, uintptr_t mask, uintptr_t *out) {
   asm goto(SR_RSEQ_PROLOGUE
            "movq (%%rax), %%rcx\n\t"
            "testq %[mask], %%rcx\n\t"
            "jz %l[mismatch_]\n\t"
            "movq (%%rcx), %%rdx\n\t"
            "movq %%rcx, (%[out])\n\t"
-           "movq %%rdx, (%%rax)\n\t"
+           "movq -8(%%rax), %%rcx\n\t"
+           "incq %%rcx\n\t"
+           "movq %%rcx, %%xmm0\n\t"
+           "movq %%rdx, %%xmm1\n\t"
+           "punpcklqdq %%xmm1, %%xmm0\n\t"
+           "movdqu %%xmm0, -8(%%rax)\n\t"
            SR_RSEQ_EPILOGUE
            :
            : [roff] "r"(__rseq_offset), [base] "r"(base), [mask] "r"(mask), [out] "r"(out)
-           : "rax", "rcx", "rdx", "memory", "cc"
+           : "rax", "rcx", "rdx", "xmm0", "xmm1", "memory", "cc"
            : mismatch_, abort);
   return ok;
 mismatch_:
@@ -66,38 +82,16 @@ abort:
   return aborted;
 }
 
-// Push obj if the slot's list belongs to owner (W & ~mask == owner):
-// *obj = W, then commit W = obj.
-inline result push_owned(uintptr_t base, uintptr_t notmask, uintptr_t owner, uintptr_t obj) {
-  asm goto(SR_RSEQ_PROLOGUE
-           "movq (%%rax), %%rcx\n\t"
-           "movq %%rcx, %%rdx\n\t"
-           "andq %[notmask], %%rdx\n\t"
-           "cmpq %[owner], %%rdx\n\t"
-           "jne %l[mismatch_]\n\t"
-           "movq %%rcx, (%[obj])\n\t"
-           "movq %[obj], (%%rax)\n\t"
-           SR_RSEQ_EPILOGUE
-           :
-           : [roff] "r"(__rseq_offset), [base] "r"(base), [notmask] "r"(notmask),
-             [owner] "r"(owner), [obj] "r"(obj)
-           : "rax", "rcx", "rdx", "memory", "cc"
-           : mismatch_, abort);
-  return ok;
-mismatch_:
-  return mismatch;
-abort:
-  return aborted;
-}
-
-// push_owned that also stores tag in the element's second word. With Check,
-// a second word already equal to tag is reported (duplicate) before anything
-// is written; the check runs only once the list is known to be owner's, so
-// the element is known to be memory the caller may read. A retry after an
-// abort must not check again: the aborted attempt may have stored the tag.
+// Push obj if the list belongs to owner (W & notmask == owner), storing tag
+// in obj's second word: *obj = W, obj[1] = tag, then commit
+// {W = obj, pushes + 1}. With Check, a second word already equal to tag is
+// reported (duplicate) before anything is written; the check runs only once
+// the list is known to be owner's, so obj is memory the caller may read. A
+// retry after an abort must not check again: the aborted attempt may have
+// stored the tag.
 template <bool Check>
-inline int push_tagged(uintptr_t base, uintptr_t notmask, uintptr_t owner, uintptr_t obj,
-                       uintptr_t tag) {
+SR_RSEQ_FN int push_counted(uintptr_t base, uintptr_t notmask, uintptr_t owner, uintptr_t obj,
+                            uintptr_t tag) {
   asm goto(SR_RSEQ_PROLOGUE
            "movq (%%rax), %%rcx\n\t"
            "movq %%rcx, %%rdx\n\t"
@@ -110,12 +104,17 @@ inline int push_tagged(uintptr_t base, uintptr_t notmask, uintptr_t owner, uintp
            ".endif\n\t"
            "movq %[tag], 8(%[obj])\n\t"
            "movq %%rcx, (%[obj])\n\t"
-           "movq %[obj], (%%rax)\n\t"
+           "movq 8(%%rax), %%rcx\n\t"
+           "incq %%rcx\n\t"
+           "movq %[obj], %%xmm0\n\t"
+           "movq %%rcx, %%xmm1\n\t"
+           "punpcklqdq %%xmm1, %%xmm0\n\t"
+           "movdqu %%xmm0, (%%rax)\n\t"
            SR_RSEQ_EPILOGUE
            :
            : [roff] "r"(__rseq_offset), [base] "r"(base), [notmask] "r"(notmask),
              [owner] "r"(owner), [obj] "r"(obj), [tag] "r"(tag), [check] "i"(Check ? 1 : 0)
-           : "rax", "rcx", "rdx", "memory", "cc"
+           : "rax", "rcx", "rdx", "xmm0", "xmm1", "memory", "cc"
            : mismatch_, duplicate, abort);
   return ok;
 mismatch_:
@@ -127,7 +126,7 @@ abort:
 }
 
 // If the word equals expect, commit desired.
-inline result compare_store(uintptr_t base, uintptr_t expect, uintptr_t desired) {
+SR_RSEQ_FN result compare_store(uintptr_t base, uintptr_t expect, uintptr_t desired) {
   asm goto(SR_RSEQ_PROLOGUE
            "cmpq %[expect], (%%rax)\n\t"
            "jne %l[mismatch_]\n\t"
@@ -146,7 +145,7 @@ abort:
 }
 
 // Add n to the word: one read-modify-write instruction is its own commit.
-inline result add(uintptr_t base, uint64_t n) {
+SR_RSEQ_FN result add(uintptr_t base, uint64_t n) {
   asm goto(SR_RSEQ_PROLOGUE
            "addq %[n], (%%rax)\n\t"
            SR_RSEQ_EPILOGUE

@@ -19,23 +19,6 @@ namespace {
 
 uintptr_t *words(uintptr_t obj) { return reinterpret_cast<uintptr_t *>(obj); }
 
-void *hand_out(zone *z, uintptr_t obj, int flags) {
-  uintptr_t *o = words(obj);
-  o[1] = 0;  // no longer carries the free marker
-  percpu::add(z->allocs_off(), 1);
-  if (flags & SR_ZERO) std::memset(o, 0, z->objsize);
-  return o;
-}
-
-// obj was just popped from a slot list; its first word became the list head.
-void *finish_alloc(zone *z, uintptr_t obj, int flags) {
-  // The next link must stay inside this slab: anything else is a write after
-  // free, and handing out what it points to would spread the damage.
-  if (__builtin_expect(((words(obj)[0] ^ obj) & ~z->mask) != 0, 0))
-    os::fatal("free list corrupted (write after free?) in zone", z->name, reinterpret_cast<void *>(obj));
-  return hand_out(z, obj, flags);
-}
-
 // Length of a list ending at base.
 uint32_t list_length(uintptr_t list, uintptr_t base) {
   uint32_t n = 0;
@@ -159,6 +142,8 @@ void proactive_refill(zone *z) {
   z->refill.release();
 }
 
+}  // namespace
+
 void *alloc_slow(zone *z, int flags) {
   slab *to_unmap = nullptr;
   uintptr_t emergency = 0;
@@ -204,7 +189,7 @@ void *alloc_slow(zone *z, int flags) {
 
   if (to_unmap) unmap_slab(z, to_unmap);
   if (refill && !(flags & SR_NOWAIT)) proactive_refill(z);
-  if (emergency) return hand_out(z, emergency, flags);
+  if (emergency) return hand_out(z, emergency, flags, false);
   if (failed) {
     errno = ENOMEM;
     return nullptr;
@@ -212,20 +197,30 @@ void *alloc_slow(zone *z, int flags) {
   return alloc(z, flags);
 }
 
-// Free of an object whose slab is not this CPU's active one.
+void *hand_out(zone *z, uintptr_t obj, int flags, bool counted) {
+  uintptr_t *o = words(obj);
+  o[1] = 0;  // no longer carries the free marker
+  if (!counted) percpu::add(z->allocs_off(), 1);
+  if (flags & SR_ZERO) std::memset(o, 0, z->objsize);
+  return o;
+}
+
+void corrupted(zone *z, uintptr_t obj) {
+  os::fatal("free list corrupted (write after free?) in zone", z->name, reinterpret_cast<void *>(obj));
+}
+
+void bad_free(zone *z, void *ptr, const char *what) {
+  os::report_error(what, z->name, ptr);
+  z->errors.fetch_add(1, std::memory_order_relaxed);
+}
+
 void free_slow(zone *z, uintptr_t p) {
   slab *s = slab_of(z, p);
-  if (pagemap::get(p) != s || s->owner != z) {
-    os::report_error("kfree_obj: pointer not from zone", z->name, reinterpret_cast<void *>(p));
-    z->errors.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
+  if (pagemap::get(p) != s || s->owner != z)
+    return bad_free(z, reinterpret_cast<void *>(p), "kfree_obj: pointer not from zone");
   uintptr_t *o = words(p);
-  if (o[1] == z->marker(p)) {
-    os::report_error("kfree_obj: double free in zone", z->name, reinterpret_cast<void *>(p));
-    z->errors.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
+  if (o[1] == z->marker(p))
+    return bad_free(z, reinterpret_cast<void *>(p), "kfree_obj: double free in zone");
   o[1] = z->marker(p);
   // Active elsewhere: the lock-free remote stack, collected by the owner CPU.
   uintptr_t head = s->remote.load(std::memory_order_relaxed);
@@ -251,35 +246,7 @@ void free_slow(zone *z, uintptr_t p) {
   if (to_unmap) unmap_slab(z, to_unmap);
 }
 
-}  // namespace
-
-void *alloc(zone *z, int flags) {
-  uintptr_t obj;
-  if (__builtin_expect(percpu::pop_masked(z->w_off(), z->mask, &obj), 1))
-    return finish_alloc(z, obj, flags);
-  return alloc_slow(z, flags);
-}
-
-void free(zone *z, void *ptr) {
-  if (!ptr) return;
-  uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
-  if (__builtin_expect(object_index(z, p) == ~uintptr_t{0}, 0)) {
-    os::report_error("kfree_obj: not the start of an object of zone", z->name, ptr);
-    z->errors.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
-  switch (percpu::push_tagged(z->w_off(), ~z->mask, p & ~z->mask, p, z->marker(p))) {
-    case percpu::pushed:
-      percpu::add(z->frees_off(), 1);
-      return;
-    case percpu::duplicate:
-      os::report_error("kfree_obj: double free in zone", z->name, ptr);
-      z->errors.fetch_add(1, std::memory_order_relaxed);
-      return;
-    case percpu::not_owner:
-      free_slow(z, p);
-      return;
-  }
-}
+void *alloc(zone *z, int flags) { return alloc_fast(z, flags); }
+void free(zone *z, void *ptr) { free_fast(z, ptr); }
 
 }  // namespace sysref::slab

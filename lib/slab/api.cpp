@@ -24,12 +24,12 @@ kmalloc_zone_t *kmalloc_obj_zone_create(const char *name, size_t objsize, size_t
 
 void *kmalloc_obj(kmalloc_zone_t *z, int flags) {
   if (!ok(z)) return errno = EINVAL, nullptr;
-  return sysref::slab::alloc(Z(z), flags);
+  return sysref::slab::alloc_fast(Z(z), flags);
 }
 
 void kfree_obj(void *obj, kmalloc_zone_t *z) {
   if (!ok(z)) return sysref::os::report_error("kfree_obj: not a zone", nullptr, z);
-  sysref::slab::free(Z(z), obj);
+  sysref::slab::free_fast(Z(z), obj);
 }
 
 int kmalloc_obj_reserve(kmalloc_zone_t *z, void *mem, size_t len) {

@@ -20,6 +20,7 @@
 #include <atomic>
 
 #include "../os/os.hpp"
+#include "../percpu/percpu.hpp"
 #include "slab.hpp"
 
 namespace sysref::slab {
@@ -68,7 +69,7 @@ struct zone {
   uintptr_t mask;         // slab_size - 1
   uint64_t reciprocal;    // ceil(2^64 / objsize): offset -> index without a divide
   uint64_t secret;
-  size_t slot;            // per-CPU slot: W at +8, allocs at +16, frees at +24
+  size_t slot;            // per-CPU slot: allocs at +8, W at +16, frees at +24 (counted list)
   os::lock lock;
   os::lock refill;
   bool running;           // has had a slab from the OS: reserves now for emergencies
@@ -78,8 +79,8 @@ struct zone {
   uint64_t sync_maps, proactive_maps, proactive_failures, released, reserve_allocs;
   std::atomic<uint64_t> errors;
 
-  size_t w_off() const { return slot + 8; }
-  size_t allocs_off() const { return slot + 16; }
+  size_t allocs_off() const { return slot + 8; }
+  size_t w_off() const { return slot + 16; }
   size_t frees_off() const { return slot + 24; }
   slab_list &on(where w) { return lists[static_cast<int>(w)]; }
   uintptr_t marker(uintptr_t obj) const { return secret ^ obj; }
@@ -105,6 +106,39 @@ void move(zone *z, slab *s, where to);
 slab *retire_empty(zone *z, slab *s);
 void unmap_slab(zone *z, slab *s);  // without the lock
 slab *map_slab(zone *z);            // without the lock; nullptr if the OS refused
-void mark_free(zone *z, uintptr_t obj);
+
+// ---- the fast paths, inline so the C ABI entry points are the whole path ---
+// (static: they contain rseq critical sections, see SR_RSEQ_FN)
+void *alloc_slow(zone *z, int flags);
+void free_slow(zone *z, uintptr_t p);  // p's slab is not this CPU's active one
+// Counts the allocation unless the fast path's pop already did.
+void *hand_out(zone *z, uintptr_t obj, int flags, bool counted);
+[[noreturn, gnu::cold]] void corrupted(zone *z, uintptr_t obj);
+[[gnu::cold]] void bad_free(zone *z, void *ptr, const char *what);
+
+SR_RSEQ_FN void *alloc_fast(zone *z, int flags) {
+  uintptr_t obj;
+  if (__builtin_expect(!percpu::pop_counted(z->w_off(), z->mask, &obj), 0)) return alloc_slow(z, flags);
+  // The next link (now the list head) must stay inside this slab: anything
+  // else is a write after free, and following it would spread the damage.
+  if (__builtin_expect(((*reinterpret_cast<uintptr_t *>(obj) ^ obj) & ~z->mask) != 0, 0))
+    corrupted(z, obj);
+  return hand_out(z, obj, flags, true);
+}
+
+SR_RSEQ_FN void free_fast(zone *z, void *ptr) {
+  if (!ptr) return;
+  uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
+  if (__builtin_expect(object_index(z, p) == ~uintptr_t{0}, 0))
+    return bad_free(z, ptr, "kfree_obj: not the start of an object of zone");
+  switch (percpu::push_counted(z->w_off(), ~z->mask, p & ~z->mask, p, z->marker(p))) {
+    case percpu::pushed:
+      return;
+    case percpu::duplicate:
+      return bad_free(z, ptr, "kfree_obj: double free in zone");
+    case percpu::not_owner:
+      return free_slow(z, p);
+  }
+}
 
 }  // namespace sysref::slab
