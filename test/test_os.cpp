@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <sysref/os.h>
 #include <unistd.h>
+#include <vector>
 
 #include "os/os.hpp"
 
@@ -118,4 +119,39 @@ Test(os, metadata_is_counted_apart_from_data) {
   auto after = os::memory_snapshot();
   cr_expect_eq(after.mapped, before.mapped);
   cr_expect_eq(after.metadata, before.metadata);
+}
+
+// Each Criterion test runs in its own process, so .init can set the
+// environment before the option table is first read.
+void set_options() {
+  setenv("SYSREF_SPARE_LOW", "3", 1);
+  setenv("SYSREF_SPARE_HIGH", "7", 1);
+  setenv("SYSREF_ON_ERROR", "count", 1);
+  setenv("SYSREF_FAULT", "12", 1);
+  setenv("SYSREF_PERCPU", "sometimes", 1);  // not a value it takes
+}
+
+Test(os, options_come_from_the_environment, .init = set_options) {
+  const os::options &o = os::opts();
+  cr_expect_eq(o.spare_low, 3u);
+  cr_expect_eq(o.spare_high, 7u);
+  cr_expect(o.error_mode == os::on_error::count);
+  cr_expect_eq(o.fault_after, 12);
+  cr_expect(o.percpu == os::percpu_choice::automatic, "a bad value leaves the default");
+  const size_t page = os::page_size();
+  std::vector<void *> got;
+  while (void *p = os::map(page, page)) got.push_back(p);
+  cr_expect_eq(got.size(), 12u, "SYSREF_FAULT=12 lets twelve page requests through");
+  for (void *p : got) os::unmap(p, page);
+  os::fail_after(-1);
+}
+
+void bad_spares() {
+  setenv("SYSREF_SPARE_LOW", "9", 1);
+  setenv("SYSREF_SPARE_HIGH", "2", 1);
+}
+
+Test(os, spare_low_above_high_is_lifted, .init = bad_spares) {
+  cr_expect_eq(os::opts().spare_low, 9u);
+  cr_expect_eq(os::opts().spare_high, 9u);
 }

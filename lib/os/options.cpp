@@ -17,6 +17,13 @@ bool parse_long(const char *s, long *out) {
   return true;
 }
 
+bool parse_count(const char *s, unsigned *out) {
+  long n;
+  if (!parse_long(s, &n) || n < 0 || n > 1024) return false;
+  *out = static_cast<unsigned>(n);
+  return true;
+}
+
 void complain(const char *name, const char *value) {
   write_stderr("sysref: ignoring ");
   write_stderr(name);
@@ -51,20 +58,8 @@ constexpr entry table[] = {
      }},
     {"SYSREF_FAULT",
      [](options &o, const char *v) { return parse_long(v, &o.fault_after); }},
-    {"SYSREF_SPARE_LOW",
-     [](options &o, const char *v) {
-       long n;
-       if (!parse_long(v, &n) || n < 0 || n > 1024) return false;
-       o.spare_low = static_cast<unsigned>(n);
-       return true;
-     }},
-    {"SYSREF_SPARE_HIGH",
-     [](options &o, const char *v) {
-       long n;
-       if (!parse_long(v, &n) || n < 0 || n > 1024) return false;
-       o.spare_high = static_cast<unsigned>(n);
-       return true;
-     }},
+    {"SYSREF_SPARE_LOW", [](options &o, const char *v) { return parse_count(v, &o.spare_low); }},
+    {"SYSREF_SPARE_HIGH", [](options &o, const char *v) { return parse_count(v, &o.spare_high); }},
 };
 
 options load() {

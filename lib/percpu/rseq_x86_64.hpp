@@ -41,6 +41,13 @@ inline constexpr int cpu_shift = 16;  // 64 KiB of slots per CPU
   "shlq $16, %%rax\n\t"                                   \
   "addq %[base], %%rax\n\t"
 
+// The commit of a counted list: one 16-byte store of {lo, hi} at disp(rax).
+#define SR_RSEQ_COMMIT_PAIR(lo, hi, disp)                 \
+  "movq " lo ", %%xmm0\n\t"                               \
+  "movq " hi ", %%xmm1\n\t"                               \
+  "punpcklqdq %%xmm1, %%xmm0\n\t"                         \
+  "movdqu %%xmm0, " disp "(%%rax)\n\t"
+
 #define SR_RSEQ_EPILOGUE                                  \
   "2:\n\t"                                                \
   ".pushsection __rseq_failure, \"ax\"\n\t"               \
@@ -66,10 +73,7 @@ SR_RSEQ_FN result pop_counted(uintptr_t base, uintptr_t mask, uintptr_t *out) {
            "movq %%rcx, (%[out])\n\t"
            "movq -8(%%rax), %%rcx\n\t"
            "incq %%rcx\n\t"
-           "movq %%rcx, %%xmm0\n\t"
-           "movq %%rdx, %%xmm1\n\t"
-           "punpcklqdq %%xmm1, %%xmm0\n\t"
-           "movdqu %%xmm0, -8(%%rax)\n\t"
+           SR_RSEQ_COMMIT_PAIR("%%rcx", "%%rdx", "-8")
            SR_RSEQ_EPILOGUE
            :
            : [roff] "r"(__rseq_offset), [base] "r"(base), [mask] "r"(mask), [out] "r"(out)
@@ -106,10 +110,7 @@ SR_RSEQ_FN int push_counted(uintptr_t base, uintptr_t notmask, uintptr_t owner, 
            "movq %%rcx, (%[obj])\n\t"
            "movq 8(%%rax), %%rcx\n\t"
            "incq %%rcx\n\t"
-           "movq %[obj], %%xmm0\n\t"
-           "movq %%rcx, %%xmm1\n\t"
-           "punpcklqdq %%xmm1, %%xmm0\n\t"
-           "movdqu %%xmm0, (%%rax)\n\t"
+           SR_RSEQ_COMMIT_PAIR("%[obj]", "%%rcx", "0")
            SR_RSEQ_EPILOGUE
            :
            : [roff] "r"(__rseq_offset), [base] "r"(base), [notmask] "r"(notmask),
@@ -160,5 +161,6 @@ abort:
 
 #undef SR_RSEQ_PROLOGUE
 #undef SR_RSEQ_EPILOGUE
+#undef SR_RSEQ_COMMIT_PAIR
 
 }  // namespace sysref::percpu::rseq_x86
