@@ -11,6 +11,10 @@ namespace sysref::slab::pagemap {
 inline constexpr int granule_shift = 16;
 inline constexpr size_t granule = size_t{1} << granule_shift;
 
+// Owners are slab headers (granule-aligned, bit 0 clear) or, for layers
+// above the slab layer (kmalloc's large blocks), any pointer with bit 0 set.
+inline constexpr uintptr_t foreign_owner_bit = 1;
+
 // Registers [start, start + len) (granule-aligned) to owner. Fails with
 // EEXIST if any granule has an owner, ENOMEM if a leaf cannot be mapped,
 // EINVAL for an address beyond 48 bits.

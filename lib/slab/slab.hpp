@@ -27,7 +27,13 @@ size_t object_size(const zone *z);
 int stats(zone *z, kmalloc_zone_stats *out);
 
 // The zone that owns p, or nullptr when p lies in no slab the library knows
-// (it never touches memory to find out).
+// (it reads only the page map and the slab header, never p itself).
 zone *owner_of(const void *p);
+// Whether p is the start of an object in z's slab layout (arithmetic only).
+bool is_object_start(const zone *z, const void *p);
+
+// A word the layer above may attach to a zone (kmalloc: its size class).
+void set_user(zone *z, void *user);
+void *user(const zone *z);
 
 }  // namespace sysref::slab

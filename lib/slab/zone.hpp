@@ -78,6 +78,7 @@ struct zone {
   slab_list lists[5];     // indexed by where
   uint64_t sync_maps, proactive_maps, proactive_failures, released, reserve_allocs;
   std::atomic<uint64_t> errors;
+  void *user;             // the layer above's tag (set_user)
 
   size_t allocs_off() const { return slot + 8; }
   size_t w_off() const { return slot + 16; }
