@@ -33,7 +33,7 @@ void put(cache *c, void *obj);
 void put_unconstructed(cache *c, void *obj);  // objcache_dtor: destroy, never cache
 size_t reclaim(cache *c);             // bytes given back
 size_t reclaim_all();
-int stats(cache *c, objcache_stats *out);
+int stats(cache *c, struct objcache_stats *out);
 
 slab::zone *zone_of(const cache *c);  // where the cache's objects live
 size_t object_size(const cache *c);

@@ -60,6 +60,21 @@ constexpr entry table[] = {
      [](options &o, const char *v) { return parse_long(v, &o.fault_after); }},
     {"SYSREF_SPARE_LOW", [](options &o, const char *v) { return parse_count(v, &o.spare_low); }},
     {"SYSREF_SPARE_HIGH", [](options &o, const char *v) { return parse_count(v, &o.spare_high); }},
+    {"SYSREF_REAP_INTERVAL_MS",
+     [](options &o, const char *v) {
+       long n;
+       if (!parse_long(v, &n) || n < 1 || n > 3600000) return false;
+       o.reap_interval_ms = static_cast<unsigned>(n);
+       return true;
+     }},
+    {"SYSREF_REAP_THREAD",
+     [](options &o, const char *v) {
+       if (!std::strcmp(v, "1")) o.reap_thread = true;
+       else if (!std::strcmp(v, "0")) o.reap_thread = false;
+       else return false;
+       return true;
+     }},
+    {"SYSREF_MAG_CONTENTION", [](options &o, const char *v) { return parse_count(v, &o.mag_contention); }},
 };
 
 options load() {

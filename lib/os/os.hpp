@@ -32,6 +32,8 @@ size_t page_size();
 unsigned cpu_count();  // possible CPU ids: every id rseq or getcpu can report
 unsigned current_cpu();  // sched_getcpu(), clamped below cpu_count()
 uint64_t random_seed();  // from the kernel, for secrets
+uint64_t now_ns();       // CLOCK_MONOTONIC
+void sleep_ms(unsigned ms);
 
 struct topology_info { unsigned packages, cores, pus, numa_nodes; bool from_hwloc; };
 // Loads hwloc with dlopen on first call. Never call it from an allocation
@@ -41,6 +43,8 @@ topology_info topology();
 // ---- futex-backed lock (no allocation, fork-safe to re-init) ---------------
 void futex_wait(std::atomic<uint32_t> *word, uint32_t expected);
 void futex_wake(std::atomic<uint32_t> *word, int n);
+// futex_wait with a timeout in milliseconds.
+void futex_wait_for(std::atomic<uint32_t> *word, uint32_t expected, unsigned ms);
 
 class lock {
  public:
@@ -89,6 +93,9 @@ struct options {
   percpu_choice percpu = percpu_choice::automatic;
   long fault_after = -1;
   unsigned spare_low = 1, spare_high = 2;
+  unsigned reap_interval_ms = 1000;  // objcache working-set interval
+  bool reap_thread = false;          // reap from a background thread too
+  unsigned mag_contention = 3;       // depot waits per interval that grow magazines
 };
 // Read once from the environment (first call); later calls see the same.
 const options &opts();

@@ -121,9 +121,27 @@ uint64_t random_seed() {
   return v | 1;  // never zero: zero is what fresh memory holds
 }
 
+uint64_t now_ns() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+void sleep_ms(unsigned ms) {
+  timespec ts{static_cast<time_t>(ms / 1000), static_cast<long>(ms % 1000) * 1000000L};
+  while (::nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
 void futex_wait(std::atomic<uint32_t> *word, uint32_t expected) {
   ::syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), FUTEX_WAIT_PRIVATE, expected, nullptr,
             nullptr, 0);
+}
+
+void futex_wait_for(std::atomic<uint32_t> *word, uint32_t expected, unsigned ms) {
+  timespec ts{static_cast<time_t>(ms / 1000), static_cast<long>(ms % 1000) * 1000000L};
+  ::syscall(SYS_futex, reinterpret_cast<uint32_t *>(word), FUTEX_WAIT_PRIVATE, expected, &ts, nullptr,
+            0);
 }
 
 void futex_wake(std::atomic<uint32_t> *word, int n) {

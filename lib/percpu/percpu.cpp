@@ -177,4 +177,59 @@ void locked_add(size_t offset, uint64_t n) {
   __atomic_store_n(&word(cpu, offset), word(cpu, offset) + n, __ATOMIC_RELAXED);
 }
 
+// Counted stacks in lock mode. Stack words are read by statistics on other
+// CPUs, so they are stored whole (relaxed atomics).
+namespace {
+uint64_t &stack_word(uintptr_t stack) { return *reinterpret_cast<uint64_t *>(stack); }
+uint32_t stack_capacity(uintptr_t stack) { return *reinterpret_cast<uint32_t *>(stack + 8); }
+uintptr_t *stack_items(uintptr_t stack) { return reinterpret_cast<uintptr_t *>(stack + 24); }
+}  // namespace
+
+bool locked_stack_pop(size_t offset, uint64_t limit, uint64_t delta, uintptr_t *out) {
+  unsigned cpu = os::current_cpu();
+  os::guard g(slot_lock_of(cpu, offset));
+  uintptr_t stack = word(cpu, offset);
+  if (!stack) return false;
+  uint64_t w = stack_word(stack);
+  uint64_t n = w & stack_count_mask;
+  if (n == 0 || w >= limit) return false;
+  *out = stack_items(stack)[n - 1];
+  __atomic_store_n(&stack_word(stack), w + delta, __ATOMIC_RELAXED);
+  return true;
+}
+
+bool locked_stack_push(size_t offset, uint64_t delta, uintptr_t obj) {
+  unsigned cpu = os::current_cpu();
+  os::guard g(slot_lock_of(cpu, offset));
+  uintptr_t stack = word(cpu, offset);
+  if (!stack) return false;
+  uint64_t w = stack_word(stack);
+  uint64_t n = w & stack_count_mask;
+  if (n >= stack_capacity(stack)) return false;
+  stack_items(stack)[n] = obj;
+  __atomic_store_n(&stack_word(stack), w + delta, __ATOMIC_RELAXED);
+  return true;
+}
+
+bool locked_compare_store_pair(size_t offset, uintptr_t e0, uintptr_t e1, uintptr_t n0,
+                               uintptr_t n1) {
+  unsigned cpu = os::current_cpu();
+  os::guard g(slot_lock_of(cpu, offset));
+  uintptr_t &w0 = word(cpu, offset), &w1 = word(cpu, offset + 8);
+  if (w0 != e0 || w1 != e1) return false;
+  __atomic_store_n(&w0, n0, __ATOMIC_RELAXED);
+  __atomic_store_n(&w1, n1, __ATOMIC_RELAXED);
+  return true;
+}
+
+bool locked_store_if_owned(size_t offset, uintptr_t owner, uintptr_t addr, uint64_t expect,
+                           uint64_t desired) {
+  unsigned cpu = os::current_cpu();
+  os::guard g(slot_lock_of(cpu, offset));
+  auto *target = reinterpret_cast<uint64_t *>(addr);
+  if (word(cpu, offset) != owner || *target != expect) return false;
+  __atomic_store_n(target, desired, __ATOMIC_RELAXED);
+  return true;
+}
+
 }  // namespace sysref::percpu

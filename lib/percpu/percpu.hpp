@@ -70,6 +70,11 @@ int locked_push_counted(size_t w_offset, uintptr_t notmask, uintptr_t owner, uin
                         uintptr_t tag);
 bool locked_compare_store(size_t offset, uintptr_t expect, uintptr_t desired);
 void locked_add(size_t offset, uint64_t n);
+bool locked_stack_pop(size_t offset, uint64_t limit, uint64_t delta, uintptr_t *out);
+bool locked_stack_push(size_t offset, uint64_t delta, uintptr_t obj);
+bool locked_compare_store_pair(size_t offset, uintptr_t e0, uintptr_t e1, uintptr_t n0, uintptr_t n1);
+bool locked_store_if_owned(size_t offset, uintptr_t owner, uintptr_t addr, uint64_t expect,
+                           uint64_t desired);
 
 // ---- operations on the current CPU's copy of a slot word -------------------
 // Counted lists: three words [pops][W][pushes], w_offset 16-byte aligned minus
@@ -129,6 +134,70 @@ SR_RSEQ_FN void add(size_t offset, uint64_t n) {
   }
 #endif
   locked_add(offset, n);
+}
+
+// ---- counted stacks (magazines) -------------------------------------------
+// The slot word at offset points to a stack: word 0 packs
+// [hi:27 | lo:27 | count:10], the capacity (uint32) sits at +8, the items
+// from +24. Pops count in hi, pushes in lo, in the committing store itself.
+inline constexpr uint64_t stack_count_mask = 1023;
+inline constexpr int stack_lo_shift = 10, stack_hi_shift = 37;
+inline constexpr uint64_t stack_pop_delta = (uint64_t{1} << stack_hi_shift) - 1;
+inline constexpr uint64_t stack_push_delta = (uint64_t{1} << stack_lo_shift) + 1;
+// Pops refuse from here on, leaving the slow path room to fold the counters
+// (lo may run ahead of hi by at most the capacity since the last fold).
+inline constexpr uint64_t stack_fold_limit = ((uint64_t{1} << 27) - 4096) << stack_hi_shift;
+
+SR_RSEQ_FN bool stack_pop(size_t offset, uintptr_t *out) {
+#if SYSREF_HAVE_RSEQ
+  if (__builtin_expect(g_region.m == mode::rseq, 1)) {
+    for (;;) {
+      auto r = rseq_x86::stack_pop(g_region.base + offset, stack_fold_limit, stack_pop_delta, out);
+      if (r != rseq_x86::aborted) return r == rseq_x86::ok;
+    }
+  }
+#endif
+  return locked_stack_pop(offset, stack_fold_limit, stack_pop_delta, out);
+}
+
+SR_RSEQ_FN bool stack_push(size_t offset, uintptr_t obj) {
+#if SYSREF_HAVE_RSEQ
+  if (__builtin_expect(g_region.m == mode::rseq, 1)) {
+    for (;;) {
+      auto r = rseq_x86::stack_push(g_region.base + offset, stack_push_delta, obj);
+      if (r != rseq_x86::aborted) return r == rseq_x86::ok;
+    }
+  }
+#endif
+  return locked_stack_push(offset, stack_push_delta, obj);
+}
+
+// If the two words at offset are {e0, e1}, store {n0, n1}, as one commit.
+SR_RSEQ_FN bool compare_store_pair(size_t offset, uintptr_t e0, uintptr_t e1, uintptr_t n0,
+                                   uintptr_t n1) {
+#if SYSREF_HAVE_RSEQ
+  if (__builtin_expect(g_region.m == mode::rseq, 1)) {
+    for (;;) {
+      auto r = rseq_x86::compare_store_pair(g_region.base + offset, e0, e1, n0, n1);
+      if (r != rseq_x86::aborted) return r == rseq_x86::ok;
+    }
+  }
+#endif
+  return locked_compare_store_pair(offset, e0, e1, n0, n1);
+}
+
+// If this CPU's word at offset is owner and *addr is expect, *addr = desired.
+SR_RSEQ_FN bool store_if_owned(size_t offset, uintptr_t owner, uintptr_t addr, uint64_t expect,
+                               uint64_t desired) {
+#if SYSREF_HAVE_RSEQ
+  if (__builtin_expect(g_region.m == mode::rseq, 1)) {
+    for (;;) {
+      auto r = rseq_x86::store_if_owned(g_region.base + offset, owner, addr, expect, desired);
+      if (r != rseq_x86::aborted) return r == rseq_x86::ok;
+    }
+  }
+#endif
+  return locked_store_if_owned(offset, owner, addr, expect, desired);
 }
 
 }  // namespace sysref::percpu

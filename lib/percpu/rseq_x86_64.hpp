@@ -159,6 +159,111 @@ abort:
   return aborted;
 }
 
+// Counted stacks (magazines): the slot word points to a stack whose first
+// word packs [hi counter:27 | lo counter:27 | count:10], capacity (uint32)
+// at +8, items from +24. A pop commits word + pop_delta (count - 1, hi + 1),
+// a push word + push_delta (count + 1, lo + 1): one 8-byte store each. A pop
+// refuses (mismatch) once the word reaches limit, so the slow path can fold
+// the counters before they overflow.
+SR_RSEQ_FN result stack_pop(uintptr_t base, uint64_t limit, uint64_t pop_delta, uintptr_t *out) {
+  asm goto(SR_RSEQ_PROLOGUE
+           "movq (%%rax), %%rcx\n\t"
+           "testq %%rcx, %%rcx\n\t"
+           "jz %l[mismatch_]\n\t"
+           "movq (%%rcx), %%rdx\n\t"
+           "movl %%edx, %%r8d\n\t"
+           "andl $1023, %%r8d\n\t"
+           "jz %l[mismatch_]\n\t"
+           "cmpq %[limit], %%rdx\n\t"
+           "jae %l[mismatch_]\n\t"
+           "movq 16(%%rcx,%%r8,8), %%r9\n\t"
+           "movq %%r9, (%[out])\n\t"
+           "addq %[delta], %%rdx\n\t"
+           "movq %%rdx, (%%rcx)\n\t"
+           SR_RSEQ_EPILOGUE
+           :
+           : [roff] "r"(__rseq_offset), [base] "r"(base), [limit] "r"(limit),
+             [delta] "r"(pop_delta), [out] "r"(out)
+           : "rax", "rcx", "rdx", "r8", "r9", "memory", "cc"
+           : mismatch_, abort);
+  return ok;
+mismatch_:
+  return mismatch;
+abort:
+  return aborted;
+}
+
+SR_RSEQ_FN result stack_push(uintptr_t base, uint64_t push_delta, uintptr_t obj) {
+  asm goto(SR_RSEQ_PROLOGUE
+           "movq (%%rax), %%rcx\n\t"
+           "testq %%rcx, %%rcx\n\t"
+           "jz %l[mismatch_]\n\t"
+           "movq (%%rcx), %%rdx\n\t"
+           "movl %%edx, %%r8d\n\t"
+           "andl $1023, %%r8d\n\t"
+           "cmpl 8(%%rcx), %%r8d\n\t"
+           "jae %l[mismatch_]\n\t"
+           "movq %[obj], 24(%%rcx,%%r8,8)\n\t"
+           "addq %[delta], %%rdx\n\t"
+           "movq %%rdx, (%%rcx)\n\t"
+           SR_RSEQ_EPILOGUE
+           :
+           : [roff] "r"(__rseq_offset), [base] "r"(base), [delta] "r"(push_delta), [obj] "r"(obj)
+           : "rax", "rcx", "rdx", "r8", "memory", "cc"
+           : mismatch_, abort);
+  return ok;
+mismatch_:
+  return mismatch;
+abort:
+  return aborted;
+}
+
+// If the two words at base are {e0, e1}, commit {n0, n1} (one 16-byte store).
+SR_RSEQ_FN result compare_store_pair(uintptr_t base, uintptr_t e0, uintptr_t e1, uintptr_t n0,
+                                     uintptr_t n1) {
+  asm goto(SR_RSEQ_PROLOGUE
+           "cmpq %[e0], (%%rax)\n\t"
+           "jne %l[mismatch_]\n\t"
+           "cmpq %[e1], 8(%%rax)\n\t"
+           "jne %l[mismatch_]\n\t"
+           SR_RSEQ_COMMIT_PAIR("%[n0]", "%[n1]", "0")
+           SR_RSEQ_EPILOGUE
+           :
+           : [roff] "r"(__rseq_offset), [base] "r"(base), [e0] "r"(e0), [e1] "r"(e1),
+             [n0] "r"(n0), [n1] "r"(n1)
+           : "rax", "xmm0", "xmm1", "memory", "cc"
+           : mismatch_, abort);
+  return ok;
+mismatch_:
+  return mismatch;
+abort:
+  return aborted;
+}
+
+// If this CPU's word at base is owner and *addr is expect, commit *addr =
+// desired: a change to memory that this CPU owns only while owner is in its
+// slot (a loaded magazine's word).
+SR_RSEQ_FN result store_if_owned(uintptr_t base, uintptr_t owner, uintptr_t addr, uint64_t expect,
+                                 uint64_t desired) {
+  asm goto(SR_RSEQ_PROLOGUE
+           "cmpq %[owner], (%%rax)\n\t"
+           "jne %l[mismatch_]\n\t"
+           "cmpq %[expect], (%[addr])\n\t"
+           "jne %l[mismatch_]\n\t"
+           "movq %[desired], (%[addr])\n\t"
+           SR_RSEQ_EPILOGUE
+           :
+           : [roff] "r"(__rseq_offset), [base] "r"(base), [owner] "r"(owner), [addr] "r"(addr),
+             [expect] "r"(expect), [desired] "r"(desired)
+           : "rax", "memory", "cc"
+           : mismatch_, abort);
+  return ok;
+mismatch_:
+  return mismatch;
+abort:
+  return aborted;
+}
+
 #undef SR_RSEQ_PROLOGUE
 #undef SR_RSEQ_EPILOGUE
 #undef SR_RSEQ_COMMIT_PAIR

@@ -18,6 +18,9 @@ inline constexpr size_t min_slab = size_t{64} << 10;
 // Functions returning int give 0 (or a count) on success, -errno on failure.
 zone *zone_create(const char *name, size_t objsize, size_t align, unsigned flags);
 void zone_destroy(zone *z);
+// The library's own zones (magazines, cache structures): their pages count
+// as metadata, and they keep no spare slabs.
+void mark_internal(zone *z);
 void *alloc(zone *z, int flags);
 void free(zone *z, void *obj);
 int reserve(zone *z, void *mem, size_t len);

@@ -215,6 +215,12 @@ int set_spare(zone *z, unsigned low, unsigned high) {
   return 0;
 }
 
+void mark_internal(zone *z) {
+  os::guard g(z->lock);
+  z->mapped_as = os::use::metadata;
+  z->spare_low = z->spare_high = 0;
+}
+
 size_t slab_size(const zone *z) { return z->slab_size; }
 size_t object_size(const zone *z) { return z->objsize; }
 

@@ -1,0 +1,299 @@
+// Object caches: Bonwick & Adams magazines over kmalloc_obj slab zones.
+//
+// Theory
+// ------
+// Vocabulary.
+//   object    memory of the cache's size, in its constructed state (the ctor
+//             ran when the cache took it from the slab layer; the dtor runs
+//             when the cache gives it back). Get and put never construct.
+//   round     one constructed object held in a magazine.
+//   magazine  a stack of up to M rounds. Each CPU has two in its per-CPU
+//             slot: the loaded one, which get pops from and put pushes to in
+//             a restartable sequence, and the previous one.
+//   depot     per cache, under one lock: a list of full magazines, a list of
+//             empty ones, and the working-set bookkeeping.
+//   working   the depot magazines that an interval actually needed. The
+//   set       fewest full (and empty) magazines the depot held during an
+//             interval were not needed; reaping returns that many.
+//
+// Paths.
+//   get: pop from the loaded magazine. If it is empty and the previous one
+//        has rounds, swap them. Otherwise trade the empty previous magazine
+//        for a full one from the depot (loaded becomes previous). With no
+//        full magazine in the depot, take an object from the slab layer and
+//        construct it.
+//   put: push onto the loaded magazine. If it is full and the previous one
+//        has room, swap them. Otherwise trade the full previous magazine for
+//        an empty one from the depot (or a new one). If no magazine can be
+//        had, destruct the object and give it to the slab layer: a put never
+//        depends on fresh memory.
+//   So a CPU visits the depot at most once every M gets or M puts, and a
+//   thrashing get/put pair at a magazine boundary stays on the CPU.
+//
+// Invariants.
+//   - A magazine is in exactly one place: a CPU slot (loaded or previous),
+//     a depot list, or in the hands of the slow path that just took it.
+//   - Only the CPU whose slot holds a magazine as loaded changes its word
+//     (rseq); a previous magazine is not written until it is loaded again.
+//     Slow paths change slots with compare_store_pair, which fails if the
+//     slot changed since they looked, so nothing is lost or duplicated.
+//   - Get and put counts live in each magazine's word until it leaves a
+//     slot (or the word nears overflow): then fold() moves them to the
+//     cache's totals, under the depot lock. Depot magazines hold no counts.
+//     gets == puts + live, where objcache_dtor counts as a put.
+//   - With a limit, `existing` (live + cached) never exceeds it.
+//
+// Lock order: registry lock, then a cache's depot lock, then the slab layer's
+// zone locks (taken by slab::alloc/free). Ctors and dtors run with no
+// objcache lock held.
+#include <cerrno>
+#include <cstring>
+
+#include "cache.hpp"
+
+namespace sysref::objcache {
+namespace {
+
+constinit std::atomic<slab::zone *> g_cache_zone{nullptr};
+constinit os::lock g_cache_zone_lock;
+
+slab::zone *cache_zone() {
+  slab::zone *z = g_cache_zone.load(std::memory_order_acquire);
+  if (z) return z;
+  os::guard g(g_cache_zone_lock);
+  z = g_cache_zone.load(std::memory_order_relaxed);
+  if (!z) {
+    z = slab::zone_create("sysref.caches", sizeof(cache), 64, 0);
+    if (!z) return nullptr;
+    slab::mark_internal(z);
+    g_cache_zone.store(z, std::memory_order_release);
+  }
+  return z;
+}
+
+// Admits one more object under the limit; false when at it.
+bool admit(cache *c) {
+  if (!c->limit) return true;
+  uint64_t n = c->existing.load(std::memory_order_relaxed);
+  while (n < c->limit)
+    if (c->existing.compare_exchange_weak(n, n + 1, std::memory_order_relaxed)) return true;
+  return false;
+}
+
+void unadmit(cache *c) {
+  if (!c->limit) return;
+  c->existing.fetch_sub(1, std::memory_order_relaxed);
+  c->limit_seq.fetch_add(1, std::memory_order_release);
+  if (c->waiters.load(std::memory_order_relaxed)) os::futex_wake(&c->limit_seq, 1 << 30);
+}
+
+// An object from the slab layer, constructed; nullptr with errno.
+void *construct(cache *c, int flags) {
+  void *obj = slab::alloc(c->zone, flags & (SR_NOWAIT | SR_USE_RESERVE));
+  if (!obj) {
+    unadmit(c);
+    return nullptr;
+  }
+  c->slab_allocs.fetch_add(1, std::memory_order_relaxed);
+  if (c->ctor) {
+    int err = c->ctor(obj, c->priv, flags);
+    c->ctor_calls.fetch_add(1, std::memory_order_relaxed);
+    if (err) {
+      c->ctor_failures.fetch_add(1, std::memory_order_relaxed);
+      slab::free(c->zone, obj);
+      c->slab_frees.fetch_add(1, std::memory_order_relaxed);
+      unadmit(c);
+      errno = err;
+      return nullptr;
+    }
+  }
+  return obj;
+}
+
+// Sleeps until an object is destroyed (or a little while passes: objects can
+// also come back to the depot, which the caller checks again).
+void wait_at_limit(cache *c) {
+  uint32_t seq = c->limit_seq.load(std::memory_order_acquire);
+  c->waiters.fetch_add(1, std::memory_order_relaxed);
+  c->limit_waits.fetch_add(1, std::memory_order_relaxed);
+  if (c->existing.load(std::memory_order_relaxed) >= c->limit) os::futex_wait_for(&c->limit_seq, seq, 10);
+  c->waiters.fetch_sub(1, std::memory_order_relaxed);
+}
+
+}  // namespace
+
+void destruct(cache *c, void *obj) {
+  if (c->dtor) {
+    c->dtor(obj, c->priv);
+    c->dtor_calls.fetch_add(1, std::memory_order_relaxed);
+  }
+  slab::free(c->zone, obj);
+  c->slab_frees.fetch_add(1, std::memory_order_relaxed);
+  unadmit(c);
+}
+
+void *get_slow(cache *c, int flags) {
+  for (;;) {
+    uintptr_t obj;
+    if (percpu::stack_pop(c->loaded_off(), &obj)) return reinterpret_cast<void *>(obj);
+    unsigned cpu = percpu::current_cpu();
+    auto *loaded = reinterpret_cast<magazine *>(percpu::peek(cpu, c->loaded_off()));
+    auto *prev = reinterpret_cast<magazine *>(percpu::peek(cpu, c->prev_off()));
+    if (loaded) {
+      uint64_t w = word_of(loaded);
+      if (w >= percpu::stack_fold_limit) {
+        // The counts are about to overflow: move them to the totals.
+        depot_acquire(c);
+        if (percpu::store_if_owned(c->loaded_off(), reinterpret_cast<uintptr_t>(loaded),
+                                   reinterpret_cast<uintptr_t>(&loaded->word), w,
+                                   w & percpu::stack_count_mask))
+          fold(c, w);
+        c->dep.lock.release();
+        continue;
+      }
+      if (rounds_of(w)) continue;  // refilled meanwhile (or another CPU's slot: look again)
+    }
+    if (prev && rounds_of(word_of(prev))) {
+      percpu::compare_store_pair(c->loaded_off(), reinterpret_cast<uintptr_t>(loaded),
+                                 reinterpret_cast<uintptr_t>(prev), reinterpret_cast<uintptr_t>(prev),
+                                 reinterpret_cast<uintptr_t>(loaded));
+      continue;
+    }
+    depot_acquire(c);
+    magazine *reap = reap_if_due(c, os::now_ns());
+    magazine *full = depot_take_full(c);
+    bool swapped = full && percpu::compare_store_pair(
+                               c->loaded_off(), reinterpret_cast<uintptr_t>(loaded),
+                               reinterpret_cast<uintptr_t>(prev), reinterpret_cast<uintptr_t>(full),
+                               reinterpret_cast<uintptr_t>(loaded));
+    if (swapped) {
+      c->exchanges.fetch_add(1, std::memory_order_relaxed);
+      if (prev) depot_give(c, prev);  // empty: the depot keeps it for puts
+    } else if (full) {
+      depot_give(c, full);  // the slot moved under us: put it back, look again
+    }
+    c->dep.lock.release();
+    if (reap) drain_magazines(c, reap);
+    if (full) continue;
+    // The depot is dry: make an object.
+    if (!admit(c)) {
+      if (flags & SR_NOWAIT) {
+        errno = ENOMEM;
+        return nullptr;
+      }
+      wait_at_limit(c);
+      continue;
+    }
+    void *made = construct(c, flags);
+    if (made) c->gets.fetch_add(1, std::memory_order_relaxed);
+    return made;
+  }
+}
+
+void put_slow(cache *c, void *obj) {
+  for (;;) {
+    if (c->waiters.load(std::memory_order_relaxed)) break;  // hand room to a waiting get
+    if (percpu::stack_push(c->loaded_off(), reinterpret_cast<uintptr_t>(obj))) return;
+    unsigned cpu = percpu::current_cpu();
+    auto *loaded = reinterpret_cast<magazine *>(percpu::peek(cpu, c->loaded_off()));
+    auto *prev = reinterpret_cast<magazine *>(percpu::peek(cpu, c->prev_off()));
+    if (loaded && rounds_of(word_of(loaded)) < loaded->capacity) continue;
+    if (prev && rounds_of(word_of(prev)) < prev->capacity) {
+      percpu::compare_store_pair(c->loaded_off(), reinterpret_cast<uintptr_t>(loaded),
+                                 reinterpret_cast<uintptr_t>(prev), reinterpret_cast<uintptr_t>(prev),
+                                 reinterpret_cast<uintptr_t>(loaded));
+      continue;
+    }
+    depot_acquire(c);
+    magazine *reap = reap_if_due(c, os::now_ns());
+    magazine *empty = depot_take_empty(c);
+    c->dep.lock.release();
+    if (reap) drain_magazines(c, reap);
+    // A put does not depend on fresh memory: if no magazine can be had, the
+    // object goes straight back to the slab layer.
+    if (!empty) empty = mag_alloc(c->mag_index.load(std::memory_order_relaxed), 0);
+    if (!empty) break;
+    depot_acquire(c);
+    if (percpu::compare_store_pair(c->loaded_off(), reinterpret_cast<uintptr_t>(loaded),
+                                   reinterpret_cast<uintptr_t>(prev), reinterpret_cast<uintptr_t>(empty),
+                                   reinterpret_cast<uintptr_t>(loaded))) {
+      c->exchanges.fetch_add(1, std::memory_order_relaxed);
+      if (prev) depot_give(c, prev);  // full
+    } else {
+      depot_give(c, empty);
+    }
+    c->dep.lock.release();
+  }
+  c->puts.fetch_add(1, std::memory_order_relaxed);
+  destruct(c, obj);
+}
+
+void put_unconstructed(cache *c, void *obj) {
+  c->puts.fetch_add(1, std::memory_order_relaxed);
+  destruct(c, obj);
+}
+
+cache *create(const params &p) {
+  if (p.size == 0 || p.size > slab::max_object) {
+    errno = EINVAL;
+    return nullptr;
+  }
+  slab::zone *cz = cache_zone();
+  if (!cz) return nullptr;
+  auto *c = static_cast<cache *>(slab::alloc(cz, 0));
+  if (!c) return nullptr;
+  std::memset(static_cast<void *>(c), 0, sizeof *c);
+  c->zone = slab::zone_create(p.name, p.size, p.align, 0);
+  long slot = c->zone ? percpu::slot_alloc() : -1;
+  if (slot < 0) {
+    int err = errno;
+    if (c->zone) slab::zone_destroy(c->zone);
+    slab::free(cz, c);
+    errno = err;
+    return nullptr;
+  }
+  c->magic = cache_magic;
+  std::strncpy(c->name, p.name ? p.name : "(unnamed)", sizeof c->name - 1);
+  c->objsize = slab::object_size(c->zone);
+  c->ctor = p.ctor;
+  c->dtor = p.dtor;
+  c->priv = p.priv;
+  c->limit = p.limit;
+  c->internal = p.internal;
+  c->slot = static_cast<size_t>(slot);
+  c->dep.interval_start = os::now_ns();
+  registry_add(c);
+  return c;
+}
+
+void destroy(cache *c) {
+  registry_remove(c);
+  // No one uses the cache any more (the caller's promise): take every CPU's
+  // magazines straight out of the slots.
+  magazine *chain = nullptr;
+  auto take = [&](magazine *m) {
+    if (!m) return;
+    m->next = chain;
+    chain = m;
+  };
+  for (unsigned cpu = 0; cpu < percpu::ncpus(); ++cpu) {
+    take(reinterpret_cast<magazine *>(percpu::peek(cpu, c->loaded_off())));
+    take(reinterpret_cast<magazine *>(percpu::peek(cpu, c->prev_off())));
+  }
+  depot_acquire(c);
+  while (magazine *m = depot_take_full(c)) take(m);
+  while (magazine *m = depot_take_empty(c)) take(m);
+  c->dep.lock.release();
+  drain_magazines(c, chain);
+  percpu::slot_free(c->slot);
+  slab::zone_destroy(c->zone);  // also whatever was still live
+  c->magic = 0;
+  slab::free(cache_zone(), c);
+}
+
+slab::zone *zone_of(const cache *c) { return c->zone; }
+size_t object_size(const cache *c) { return c->objsize; }
+void *get(cache *c, int flags) { return get_fast(c, flags); }
+void put(cache *c, void *obj) { put_fast(c, obj); }
+
+}  // namespace sysref::objcache

@@ -1,0 +1,82 @@
+// Private to lib/objcache: the cache structure, the depot, and the inline
+// get/put fast paths. The theory statement is at the top of cache.cpp.
+#pragma once
+#include <atomic>
+
+#include "../os/os.hpp"
+#include "../percpu/percpu.hpp"
+#include "magazine.hpp"
+#include "objcache.hpp"
+
+namespace sysref::objcache {
+
+inline constexpr uint64_t cache_magic = 0x53595352454f4343ull;  // "SYSREOCC"
+
+struct depot {
+  os::lock lock;
+  magazine *full = nullptr, *empty = nullptr;
+  size_t nfull = 0, nempty = 0;
+  uint64_t full_rounds = 0;           // objects in full magazines
+  size_t min_full = 0, min_empty = 0; // fewest seen this interval: the unneeded
+  uint64_t interval_start = 0;        // ns
+  uint64_t waits_this_interval = 0;   // lock acquisitions that had to wait
+};
+
+struct cache {
+  uint64_t magic;
+  char name[32];
+  slab::zone *zone;
+  size_t objsize;
+  ctor_fn ctor;
+  dtor_fn dtor;
+  void *priv;
+  size_t limit;
+  bool internal;
+  size_t slot;                        // per-CPU: loaded magazine at +16, previous at +24
+  std::atomic<uint32_t> waiters;      // gets sleeping at the limit
+  std::atomic<uint32_t> limit_seq;    // futex word: bumped when an object is destroyed
+  std::atomic<uint64_t> existing;     // constructed objects, live or cached (the limit)
+  std::atomic<unsigned> mag_index;    // size of new magazines: mag_sizes[mag_index]
+  depot dep;
+  // Counts folded out of magazine words, and the slow paths' own events.
+  std::atomic<uint64_t> gets, puts, ctor_calls, dtor_calls, slab_allocs, slab_frees, reaped;
+  std::atomic<uint64_t> exchanges, contention, resizes, ctor_failures, limit_waits;
+  cache *next_cache;                  // the registry (reclaim_all, the reap thread)
+
+  size_t loaded_off() const { return slot + 16; }
+  size_t prev_off() const { return slot + 24; }
+};
+
+void *get_slow(cache *c, int flags);
+void put_slow(cache *c, void *obj);
+
+// Depot (depot.cpp): called with c->dep.lock held unless said otherwise.
+void depot_acquire(cache *c);  // counts contention
+magazine *depot_take_full(cache *c);
+magazine *depot_take_empty(cache *c);
+void depot_give(cache *c, magazine *m);  // files it by fullness, counters folded
+void fold(cache *c, uint64_t word);      // a magazine word's counts into the totals
+// Destructs the rounds of a chain of magazines and frees them; bytes returned.
+size_t drain_magazines(cache *c, magazine *chain);  // without the lock
+// Ends the interval if it is due: returns magazines to drain (without lock).
+magazine *reap_if_due(cache *c, uint64_t now);
+void destruct(cache *c, void *obj);  // dtor, back to the slab, limit accounting
+
+void registry_add(cache *c);
+void registry_remove(cache *c);
+
+SR_RSEQ_FN void *get_fast(cache *c, int flags) {
+  uintptr_t obj;
+  if (__builtin_expect(percpu::stack_pop(c->loaded_off(), &obj), 1)) return reinterpret_cast<void *>(obj);
+  return get_slow(c, flags);
+}
+
+SR_RSEQ_FN void put_fast(cache *c, void *obj) {
+  // Someone sleeps at the limit: this object must be destroyed, not cached.
+  if (__builtin_expect(c->waiters.load(std::memory_order_relaxed) == 0, 1) &&
+      __builtin_expect(percpu::stack_push(c->loaded_off(), reinterpret_cast<uintptr_t>(obj)), 1))
+    return;
+  put_slow(c, obj);
+}
+
+}  // namespace sysref::objcache

@@ -1,0 +1,242 @@
+// The depot: full and empty magazines per cache, the working-set reaper,
+// magazine growth on contention, reclaim, the cache registry and statistics.
+#include <cerrno>
+#include <pthread.h>
+
+#include "cache.hpp"
+
+namespace sysref::objcache {
+namespace {
+
+constinit os::lock g_registry_lock;
+constinit cache *g_registry = nullptr;
+constinit std::atomic<bool> g_reaper_started{false};
+
+void push(magazine *&list, size_t &count, magazine *m) {
+  m->next = list;
+  list = m;
+  ++count;
+}
+
+magazine *pop(magazine *&list, size_t &count) {
+  magazine *m = list;
+  if (m) {
+    list = m->next;
+    --count;
+  }
+  return m;
+}
+
+// Takes n magazines off a list into chain.
+void take_n(magazine *&list, size_t &count, size_t n, magazine *&chain) {
+  while (n-- && list) {
+    magazine *m = pop(list, count);
+    m->next = chain;
+    chain = m;
+  }
+}
+
+void *reaper_main(void *) {
+  for (;;) {
+    unsigned ms = os::opts().reap_interval_ms;
+    os::sleep_ms(ms);
+    uint64_t now = os::now_ns();
+    os::guard g(g_registry_lock);  // destroy waits for a reap in progress
+    for (cache *c = g_registry; c; c = c->next_cache) {
+      depot_acquire(c);
+      magazine *chain = reap_if_due(c, now);
+      c->dep.lock.release();
+      if (chain) drain_magazines(c, chain);
+    }
+  }
+  return nullptr;
+}
+
+void start_reaper() {
+  bool expected = false;
+  if (!g_reaper_started.compare_exchange_strong(expected, true)) return;
+  pthread_t t;
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  if (pthread_create(&t, &attr, reaper_main, nullptr) != 0) g_reaper_started.store(false);
+  pthread_attr_destroy(&attr);
+}
+
+}  // namespace
+
+void depot_acquire(cache *c) {
+  if (c->dep.lock.try_acquire()) return;
+  c->dep.lock.acquire();
+  c->contention.fetch_add(1, std::memory_order_relaxed);
+  ++c->dep.waits_this_interval;
+}
+
+magazine *depot_take_full(cache *c) {
+  magazine *m = pop(c->dep.full, c->dep.nfull);
+  if (m) {
+    c->dep.full_rounds -= rounds_of(m->word);
+    if (c->dep.nfull < c->dep.min_full) c->dep.min_full = c->dep.nfull;
+  }
+  return m;
+}
+
+magazine *depot_take_empty(cache *c) {
+  magazine *m = pop(c->dep.empty, c->dep.nempty);
+  if (m && c->dep.nempty < c->dep.min_empty) c->dep.min_empty = c->dep.nempty;
+  return m;
+}
+
+void fold(cache *c, uint64_t w) {
+  c->gets.fetch_add(gets_of(w), std::memory_order_relaxed);
+  c->puts.fetch_add(puts_of(w), std::memory_order_relaxed);
+}
+
+void depot_give(cache *c, magazine *m) {
+  uint64_t w = m->word;
+  fold(c, w);
+  m->word = w & percpu::stack_count_mask;
+  uint32_t rounds = rounds_of(w);
+  if (rounds) {
+    push(c->dep.full, c->dep.nfull, m);
+    c->dep.full_rounds += rounds;
+  } else if (m->size_index < c->mag_index.load(std::memory_order_relaxed)) {
+    mag_free(m);  // outgrown: new magazines are bigger
+  } else {
+    push(c->dep.empty, c->dep.nempty, m);
+  }
+}
+
+size_t drain_magazines(cache *c, magazine *chain) {
+  size_t bytes = 0;
+  while (chain) {
+    magazine *next = chain->next;
+    uint64_t w = chain->word;
+    if (gets_of(w) || puts_of(w)) {  // straight from a slot (destroy, reclaim)
+      os::guard g(c->dep.lock);
+      fold(c, w);
+    }
+    uint32_t rounds = rounds_of(w);
+    for (uint32_t i = 0; i < rounds; ++i) destruct(c, items(chain)[i]);
+    bytes += rounds * c->objsize + mag_bytes(chain);
+    mag_free(chain);
+    chain = next;
+  }
+  return bytes;
+}
+
+magazine *reap_if_due(cache *c, uint64_t now) {
+  depot &d = c->dep;
+  if (now - d.interval_start < uint64_t{os::opts().reap_interval_ms} * 1000000u) return nullptr;
+  // What the depot never dipped below this interval, it did not need.
+  magazine *chain = nullptr;
+  size_t objects_before = d.full_rounds;
+  take_n(d.full, d.nfull, d.min_full, chain);
+  for (magazine *m = chain; m; m = m->next) d.full_rounds -= rounds_of(m->word);
+  c->reaped.fetch_add(objects_before - d.full_rounds, std::memory_order_relaxed);
+  take_n(d.empty, d.nempty, d.min_empty, chain);
+  // Contended depot: bigger magazines mean fewer trips (libumem's rule).
+  unsigned idx = c->mag_index.load(std::memory_order_relaxed);
+  if (d.waits_this_interval > os::opts().mag_contention && idx + 1 < mag_size_count) {
+    c->mag_index.store(idx + 1, std::memory_order_relaxed);
+    c->resizes.fetch_add(1, std::memory_order_relaxed);
+  }
+  d.waits_this_interval = 0;
+  d.min_full = d.nfull;
+  d.min_empty = d.nempty;
+  d.interval_start = now;
+  return chain;
+}
+
+size_t reclaim(cache *c) {
+  // Everything in the depot, and the calling CPU's two magazines; other CPUs'
+  // magazines stay until those CPUs trade them (as DragonFly's objcache does).
+  magazine *chain = nullptr;
+  depot_acquire(c);
+  take_n(c->dep.full, c->dep.nfull, c->dep.nfull, chain);
+  take_n(c->dep.empty, c->dep.nempty, c->dep.nempty, chain);
+  c->dep.full_rounds = 0;
+  c->dep.min_full = c->dep.min_empty = 0;
+  for (;;) {
+    unsigned cpu = percpu::current_cpu();
+    uintptr_t loaded = percpu::peek(cpu, c->loaded_off()), prev = percpu::peek(cpu, c->prev_off());
+    if (!loaded && !prev) break;
+    if (!percpu::compare_store_pair(c->loaded_off(), loaded, prev, 0, 0)) continue;
+    for (uintptr_t m : {loaded, prev})
+      if (m) {
+        reinterpret_cast<magazine *>(m)->next = chain;
+        chain = reinterpret_cast<magazine *>(m);
+      }
+    break;
+  }
+  c->dep.lock.release();
+  return drain_magazines(c, chain);
+}
+
+size_t reclaim_all() {
+  size_t bytes = 0;
+  os::guard g(g_registry_lock);
+  for (cache *c = g_registry; c; c = c->next_cache) bytes += reclaim(c);
+  return bytes;
+}
+
+void registry_add(cache *c) {
+  {
+    os::guard g(g_registry_lock);
+    c->next_cache = g_registry;
+    g_registry = c;
+  }
+  if (os::opts().reap_thread) start_reaper();
+}
+
+void registry_remove(cache *c) {
+  os::guard g(g_registry_lock);
+  for (cache **p = &g_registry; *p; p = &(*p)->next_cache)
+    if (*p == c) {
+      *p = c->next_cache;
+      return;
+    }
+}
+
+int stats(cache *c, struct objcache_stats *out) {
+  if (!c || c->magic != cache_magic || !out) return -EINVAL;
+  *out = {};
+  uint64_t gets = 0, puts = 0, cached = 0;
+  {
+    // Under the depot lock no magazine leaves a slot for the depot or is
+    // freed, so the slot magazines read here stay valid while we read them.
+    os::guard g(c->dep.lock);
+    for (unsigned cpu = 0; cpu < percpu::ncpus(); ++cpu)
+      for (size_t off : {c->loaded_off(), c->prev_off()})
+        if (auto *m = reinterpret_cast<magazine *>(percpu::peek(cpu, off))) {
+          uint64_t w = word_of(m);
+          gets += gets_of(w);
+          puts += puts_of(w);
+          cached += rounds_of(w);
+        }
+    gets += c->gets.load(std::memory_order_relaxed);
+    puts += c->puts.load(std::memory_order_relaxed);
+    cached += c->dep.full_rounds;
+    out->depot_full = c->dep.nfull;
+    out->depot_empty = c->dep.nempty;
+  }
+  out->gets = gets;
+  out->puts = puts;
+  out->live = gets - puts;
+  out->cached = cached;
+  out->ctor_calls = c->ctor_calls.load(std::memory_order_relaxed);
+  out->dtor_calls = c->dtor_calls.load(std::memory_order_relaxed);
+  out->mag_size = mag_sizes[c->mag_index.load(std::memory_order_relaxed)];
+  out->mag_resizes = c->resizes.load(std::memory_order_relaxed);
+  out->contention = c->contention.load(std::memory_order_relaxed);
+  out->depot_exchanges = c->exchanges.load(std::memory_order_relaxed);
+  out->slab_allocs = c->slab_allocs.load(std::memory_order_relaxed);
+  out->slab_frees = c->slab_frees.load(std::memory_order_relaxed);
+  out->reaped = c->reaped.load(std::memory_order_relaxed);
+  out->ctor_failures = c->ctor_failures.load(std::memory_order_relaxed);
+  out->limit = c->limit;
+  out->limit_waits = c->limit_waits.load(std::memory_order_relaxed);
+  return 0;
+}
+
+}  // namespace sysref::objcache

@@ -1,0 +1,39 @@
+// Magazines: fixed-capacity stacks of constructed objects (Bonwick & Adams).
+// The first word is the percpu layer's counted-stack word,
+// [gets:27 | puts:27 | rounds:10]; see percpu::stack_pop.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+#include "../percpu/percpu.hpp"
+#include "../slab/slab.hpp"
+
+namespace sysref::objcache {
+
+struct magazine {
+  uint64_t word;       // rounds and the unfolded get/put counts
+  uint32_t capacity;
+  uint32_t size_index; // into mag_sizes
+  magazine *next;      // depot list link
+  // capacity item pointers follow the header (percpu's stack layout: +24)
+};
+static_assert(sizeof(magazine) == 24, "items start at +24, where percpu expects them");
+
+inline void **items(magazine *m) { return reinterpret_cast<void **>(m + 1); }
+
+// Capacities grow through this table under depot contention (libumem's rule).
+inline constexpr uint32_t mag_sizes[] = {15, 31, 63, 127, 255};
+inline constexpr unsigned mag_size_count = sizeof mag_sizes / sizeof mag_sizes[0];
+
+inline uint64_t word_of(const magazine *m) { return __atomic_load_n(&m->word, __ATOMIC_RELAXED); }
+inline uint32_t rounds_of(uint64_t w) { return static_cast<uint32_t>(w & percpu::stack_count_mask); }
+inline uint64_t puts_of(uint64_t w) { return (w >> percpu::stack_lo_shift) & ((uint64_t{1} << 27) - 1); }
+inline uint64_t gets_of(uint64_t w) { return w >> percpu::stack_hi_shift; }
+
+// A new empty magazine of mag_sizes[index] rounds from the library's own
+// zones (never malloc); nullptr when there is no memory (flags as slab::alloc).
+magazine *mag_alloc(unsigned index, int flags);
+void mag_free(magazine *m);
+size_t mag_bytes(const magazine *m);
+
+}  // namespace sysref::objcache
