@@ -8,6 +8,7 @@
 #include <random>
 #include <sched.h>
 #include <sysref/kmalloc_obj.h>
+#include <sysref/objcache.h>
 #include <sysref/os.h>
 #include <thread>
 #include <vector>
@@ -174,12 +175,89 @@ void zone_lifecycles() {
         (unsigned long long)(after.mapped - after.metadata));
 }
 
+// Object caches under concurrency: producers get on one CPU and consumers put
+// on another (magazines cross CPUs through the depot), a reader takes stats
+// and reclaims meanwhile, and a small limit makes gets wait for puts.
+std::atomic<long> g_built{0}, g_unbuilt{0};
+int build_obj(void *obj, void *, int) {
+  static_cast<uint64_t *>(obj)[0] = 0xc0ffee;
+  g_built.fetch_add(1);
+  return 0;
+}
+void unbuild_obj(void *obj, void *) {
+  auto *w = static_cast<uint64_t *>(obj);
+  CHECK(w[0] == 0xc0ffee, "dtor of an unconstructed object %p", obj);
+  w[0] = 0;
+  g_unbuilt.fetch_add(1);
+}
+
+void caches_across_cpus(size_t limit) {
+  objcache_t *oc = objcache_create("stress.oc", 96, 0, build_obj, unbuild_obj, nullptr, limit, 0);
+  constexpr size_t ring = 256;
+  constexpr long per_producer = 100000;
+  struct channel {
+    std::atomic<uint64_t *> slot[ring];
+  };
+  std::vector<channel> ch(2);
+  for (auto &c : ch)
+    for (auto &s : c.slot) s.store(nullptr);
+  std::atomic<bool> stop{false};
+  std::thread reader([&] {
+    while (!stop.load()) {
+      struct objcache_stats s{};
+      objcache_stats(oc, &s);
+      CHECK(s.gets >= s.puts, "gets %llu < puts %llu", (unsigned long long)s.gets,
+            (unsigned long long)s.puts);
+      objcache_reclaim(oc);
+      sched_yield();
+    }
+  });
+  std::vector<std::thread> threads;
+  for (int p = 0; p < 2; ++p) {
+    threads.emplace_back([&, p] {
+      move_to(static_cast<unsigned>(p));
+      for (long i = 0; i < per_producer; ++i) {
+        auto *o = static_cast<uint64_t *>(objcache_get(oc, 0));
+        CHECK(o[0] == 0xc0ffee, "got an unconstructed object");
+        o[1] = static_cast<uint64_t>(i);
+        auto &slot = ch[p].slot[i % ring];
+        while (slot.load(std::memory_order_acquire)) sched_yield();
+        slot.store(o, std::memory_order_release);
+      }
+    });
+    threads.emplace_back([&, p] {
+      move_to(static_cast<unsigned>(p + 1));
+      for (long i = 0; i < per_producer; ++i) {
+        auto &slot = ch[p].slot[i % ring];
+        uint64_t *o;
+        while (!(o = slot.load(std::memory_order_acquire))) sched_yield();
+        slot.store(nullptr, std::memory_order_release);
+        CHECK(o[1] == static_cast<uint64_t>(i), "object %ld damaged", i);
+        objcache_put(oc, o);
+      }
+    });
+  }
+  for (auto &t : threads) t.join();
+  stop.store(true);
+  reader.join();
+  struct objcache_stats s{};
+  objcache_stats(oc, &s);
+  CHECK(s.gets == 2 * per_producer && s.live == 0, "gets %llu live %llu",
+        (unsigned long long)s.gets, (unsigned long long)s.live);
+  CHECK(!limit || s.limit_waits > 0 || s.ctor_calls <= limit, "limit %zu never bit", limit);
+  objcache_destroy(oc);
+  CHECK(g_built.load() == g_unbuilt.load(), "built %ld, destructed %ld", g_built.load(),
+        g_unbuilt.load());
+}
+
 }  // namespace
 
 int main() {
   producers_and_consumers();
   churn_with_a_reader();
   zone_lifecycles();
+  caches_across_cpus(0);
+  caches_across_cpus(64);  // a limit smaller than the ring: gets wait for puts
   int f = g_failures.load();
   std::printf("stress: %s\n", f ? "FAILED" : "all checks held");
   return f ? 1 : 0;

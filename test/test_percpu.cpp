@@ -191,3 +191,99 @@ Test(percpu, counted_lists_stay_exact_under_migration_and_signals) {
   percpu::slot_free(slot);
   for (uintptr_t p : pools) os::unmap(reinterpret_cast<void *>(p), pool_size);
 }
+
+// Counted stacks (magazines) as the objcache uses them: each CPU's slot holds
+// {loaded, prev}. Threads pop a token (swapping in prev when loaded is empty),
+// hold it exclusively, and push it back (swapping when loaded is full), while
+// migrating and being signalled. Tokens are never lost or duplicated, and the
+// pop and push counts folded into the commits are exact.
+Test(percpu, counted_stacks_stay_exact_under_migration_and_signals) {
+  cr_assert(percpu::ensure_init());
+  const unsigned ncpu = std::thread::hardware_concurrency();
+  constexpr uint32_t rounds = 31;
+  constexpr size_t tokens_per_cpu = 20;  // 2 stacks per CPU hold all tokens of every CPU
+  cr_assert_leq(tokens_per_cpu * ncpu, 2 * rounds, "the test needs room for every token");
+  size_t slot = static_cast<size_t>(percpu::slot_alloc());
+  const size_t pair_at = slot + 16;
+  struct stack {
+    uint64_t word;
+    uint32_t capacity, pad;
+    uint64_t link;
+    uintptr_t items[rounds];
+  };
+  std::vector<stack> stacks(2 * ncpu);
+  std::vector<std::atomic<int>> held(tokens_per_cpu * ncpu);
+  for (auto &h : held) h.store(0);
+  for (unsigned c = 0; c < ncpu; ++c) {
+    stack &a = stacks[2 * c], &b = stacks[2 * c + 1];
+    a = {};
+    b = {};
+    a.capacity = b.capacity = rounds;
+    for (size_t i = 0; i < tokens_per_cpu; ++i) a.items[i] = c * tokens_per_cpu + i + 1;
+    a.word = tokens_per_cpu;
+    move_to(c);
+    while (!percpu::compare_store_pair(pair_at, 0, 0, reinterpret_cast<uintptr_t>(&a),
+                                       reinterpret_cast<uintptr_t>(&b)))
+      move_to(c);
+  }
+  g_handler_counts = false;
+  std::atomic<long> pops{0}, pushes{0}, bad{0}, lost{0};
+  stress(4, 100000, [&](int, long) {
+    uintptr_t token;
+    bool got = percpu::stack_pop(pair_at, &token);
+    if (!got && percpu::stack_swap_if(pair_at, true)) got = percpu::stack_pop(pair_at, &token);
+    if (!got) return;  // this CPU's stacks are empty right now
+    pops.fetch_add(1, std::memory_order_relaxed);
+    if (held[token - 1].exchange(1) != 0) bad.fetch_add(1);
+    held[token - 1].store(0);
+    for (int tries = 0;; ++tries) {
+      if (percpu::stack_push(pair_at, token)) break;
+      if (!percpu::stack_swap_if(pair_at, false) && tries > 1000) {
+        lost.fetch_add(1);
+        return;
+      }
+    }
+    pushes.fetch_add(1, std::memory_order_relaxed);
+  });
+  cr_expect_eq(bad.load(), 0, "a token was held by two threads at once");
+  cr_expect_eq(lost.load(), 0, "a push found no room where there had to be some");
+  std::vector<int> seen(tokens_per_cpu * ncpu, 0);
+  uint64_t counted_pops = 0, counted_pushes = 0;
+  for (stack &s : stacks) {
+    uint32_t n = static_cast<uint32_t>(s.word & percpu::stack_count_mask);
+    counted_pops += s.word >> percpu::stack_hi_shift;
+    counted_pushes += (s.word >> percpu::stack_lo_shift) & ((1u << 27) - 1);
+    for (uint32_t i = 0; i < n; ++i) ++seen[s.items[i] - 1];
+  }
+  for (size_t t = 0; t < seen.size(); ++t) cr_expect_eq(seen[t], 1, "token %zu seen %d times", t + 1, seen[t]);
+  cr_expect_eq(counted_pops, static_cast<uint64_t>(pops.load()));
+  cr_expect_eq(counted_pushes, static_cast<uint64_t>(pushes.load()));
+  percpu::slot_free(slot);
+}
+
+Test(percpu, take_counts_moves_only_the_counters) {
+  cr_assert(percpu::ensure_init());
+  size_t slot = static_cast<size_t>(percpu::slot_alloc());
+  struct {
+    uint64_t word;
+    uint32_t capacity, pad;
+    uint64_t link;
+    uintptr_t items[4];
+  } s = {};
+  s.capacity = 4;
+  uint64_t out = 0;
+  for (;;) {  // install on whatever CPU we are on when the commit happens
+    uintptr_t cur = percpu::peek(percpu::current_cpu(), slot + 16);
+    if (percpu::compare_store_pair(slot + 16, cur, 0, reinterpret_cast<uintptr_t>(&s), 0)) break;
+  }
+  s.word = 3;  // far below the limit: nothing to take
+  cr_expect_not(percpu::stack_take_counts(slot + 16, &out));
+  s.word = percpu::stack_fold_limit + (uint64_t{7} << percpu::stack_lo_shift) + 3;
+  // The slot may be on another CPU's copy if we moved: then it reports no.
+  bool took = percpu::stack_take_counts(slot + 16, &out);
+  if (took) {
+    cr_expect_eq(out, percpu::stack_fold_limit + (uint64_t{7} << percpu::stack_lo_shift) + 3);
+    cr_expect_eq(s.word, 3u, "the count stays, the counters leave");
+  }
+  percpu::slot_free(slot);
+}

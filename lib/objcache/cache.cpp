@@ -132,46 +132,47 @@ void destruct(cache *c, void *obj) {
   unadmit(c);
 }
 
+// The slow paths never read a magazine that the slot named a moment ago: by
+// then this CPU may have given it away and it may be freed. Decisions about
+// the slot's magazines happen inside restartable sequences (stack_swap_if,
+// stack_take_counts); depot exchanges compare only the slot's pointers, and
+// examine the magazine they take out only once the commit made it theirs.
+namespace {
+
+uintptr_t as_word(magazine *m) { return reinterpret_cast<uintptr_t>(m); }
+
+// Trades the slot's previous magazine for m: {loaded, prev} -> {m, loaded}.
+// On success the old previous magazine goes to the depot (lock held).
+bool exchange(cache *c, magazine *m) {
+  unsigned cpu = percpu::current_cpu();
+  uintptr_t loaded = percpu::peek(cpu, c->loaded_off()), prev = percpu::peek(cpu, c->prev_off());
+  if (!percpu::compare_store_pair(c->loaded_off(), loaded, prev, as_word(m), loaded)) return false;
+  c->exchanges.fetch_add(1, std::memory_order_relaxed);
+  if (prev) depot_give(c, reinterpret_cast<magazine *>(prev));
+  return true;
+}
+
+// Moves the loaded magazine's counts to the totals if they near overflow.
+bool fold_if_due(cache *c) {
+  uint64_t w;
+  if (!percpu::stack_take_counts(c->loaded_off(), &w)) return false;
+  os::guard g(c->dep.lock);  // keeps statistics snapshots consistent
+  fold(c, w);
+  return true;
+}
+
+}  // namespace
+
 void *get_slow(cache *c, int flags) {
   for (;;) {
     uintptr_t obj;
     if (percpu::stack_pop(c->loaded_off(), &obj)) return reinterpret_cast<void *>(obj);
-    unsigned cpu = percpu::current_cpu();
-    auto *loaded = reinterpret_cast<magazine *>(percpu::peek(cpu, c->loaded_off()));
-    auto *prev = reinterpret_cast<magazine *>(percpu::peek(cpu, c->prev_off()));
-    if (loaded) {
-      uint64_t w = word_of(loaded);
-      if (w >= percpu::stack_fold_limit) {
-        // The counts are about to overflow: move them to the totals.
-        depot_acquire(c);
-        if (percpu::store_if_owned(c->loaded_off(), reinterpret_cast<uintptr_t>(loaded),
-                                   reinterpret_cast<uintptr_t>(&loaded->word), w,
-                                   w & percpu::stack_count_mask))
-          fold(c, w);
-        c->dep.lock.release();
-        continue;
-      }
-      if (rounds_of(w)) continue;  // refilled meanwhile (or another CPU's slot: look again)
-    }
-    if (prev && rounds_of(word_of(prev))) {
-      percpu::compare_store_pair(c->loaded_off(), reinterpret_cast<uintptr_t>(loaded),
-                                 reinterpret_cast<uintptr_t>(prev), reinterpret_cast<uintptr_t>(prev),
-                                 reinterpret_cast<uintptr_t>(loaded));
-      continue;
-    }
+    if (fold_if_due(c)) continue;
+    if (percpu::stack_swap_if(c->loaded_off(), true)) continue;  // previous has rounds
     depot_acquire(c);
     magazine *reap = reap_if_due(c, os::now_ns());
     magazine *full = depot_take_full(c);
-    bool swapped = full && percpu::compare_store_pair(
-                               c->loaded_off(), reinterpret_cast<uintptr_t>(loaded),
-                               reinterpret_cast<uintptr_t>(prev), reinterpret_cast<uintptr_t>(full),
-                               reinterpret_cast<uintptr_t>(loaded));
-    if (swapped) {
-      c->exchanges.fetch_add(1, std::memory_order_relaxed);
-      if (prev) depot_give(c, prev);  // empty: the depot keeps it for puts
-    } else if (full) {
-      depot_give(c, full);  // the slot moved under us: put it back, look again
-    }
+    if (full && !exchange(c, full)) depot_give(c, full);  // the slot moved: look again
     c->dep.lock.release();
     if (reap) drain_magazines(c, reap);
     if (full) continue;
@@ -194,16 +195,7 @@ void put_slow(cache *c, void *obj) {
   for (;;) {
     if (c->waiters.load(std::memory_order_relaxed)) break;  // hand room to a waiting get
     if (percpu::stack_push(c->loaded_off(), reinterpret_cast<uintptr_t>(obj))) return;
-    unsigned cpu = percpu::current_cpu();
-    auto *loaded = reinterpret_cast<magazine *>(percpu::peek(cpu, c->loaded_off()));
-    auto *prev = reinterpret_cast<magazine *>(percpu::peek(cpu, c->prev_off()));
-    if (loaded && rounds_of(word_of(loaded)) < loaded->capacity) continue;
-    if (prev && rounds_of(word_of(prev)) < prev->capacity) {
-      percpu::compare_store_pair(c->loaded_off(), reinterpret_cast<uintptr_t>(loaded),
-                                 reinterpret_cast<uintptr_t>(prev), reinterpret_cast<uintptr_t>(prev),
-                                 reinterpret_cast<uintptr_t>(loaded));
-      continue;
-    }
+    if (percpu::stack_swap_if(c->loaded_off(), false)) continue;  // previous has room
     depot_acquire(c);
     magazine *reap = reap_if_due(c, os::now_ns());
     magazine *empty = depot_take_empty(c);
@@ -214,14 +206,7 @@ void put_slow(cache *c, void *obj) {
     if (!empty) empty = mag_alloc(c->mag_index.load(std::memory_order_relaxed), 0);
     if (!empty) break;
     depot_acquire(c);
-    if (percpu::compare_store_pair(c->loaded_off(), reinterpret_cast<uintptr_t>(loaded),
-                                   reinterpret_cast<uintptr_t>(prev), reinterpret_cast<uintptr_t>(empty),
-                                   reinterpret_cast<uintptr_t>(loaded))) {
-      c->exchanges.fetch_add(1, std::memory_order_relaxed);
-      if (prev) depot_give(c, prev);  // full
-    } else {
-      depot_give(c, empty);
-    }
+    if (!exchange(c, empty)) depot_give(c, empty);
     c->dep.lock.release();
   }
   c->puts.fetch_add(1, std::memory_order_relaxed);

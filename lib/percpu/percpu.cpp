@@ -222,13 +222,26 @@ bool locked_compare_store_pair(size_t offset, uintptr_t e0, uintptr_t e1, uintpt
   return true;
 }
 
-bool locked_store_if_owned(size_t offset, uintptr_t owner, uintptr_t addr, uint64_t expect,
-                           uint64_t desired) {
+bool locked_stack_swap_if(size_t offset, bool want_rounds) {
   unsigned cpu = os::current_cpu();
   os::guard g(slot_lock_of(cpu, offset));
-  auto *target = reinterpret_cast<uint64_t *>(addr);
-  if (word(cpu, offset) != owner || *target != expect) return false;
-  __atomic_store_n(target, desired, __ATOMIC_RELAXED);
+  uintptr_t &loaded = word(cpu, offset), &prev = word(cpu, offset + 8);
+  if (!prev) return false;
+  uint64_t n = stack_word(prev) & stack_count_mask;
+  if (want_rounds ? n == 0 : n >= stack_capacity(prev)) return false;
+  uintptr_t l = loaded;
+  __atomic_store_n(&loaded, prev, __ATOMIC_RELAXED);
+  __atomic_store_n(&prev, l, __ATOMIC_RELAXED);
+  return true;
+}
+
+bool locked_stack_take_counts(size_t offset, uint64_t limit, uint64_t *out) {
+  unsigned cpu = os::current_cpu();
+  os::guard g(slot_lock_of(cpu, offset));
+  uintptr_t stack = word(cpu, offset);
+  if (!stack || stack_word(stack) < limit) return false;
+  *out = stack_word(stack);
+  __atomic_store_n(&stack_word(stack), *out & stack_count_mask, __ATOMIC_RELAXED);
   return true;
 }
 

@@ -73,8 +73,8 @@ void locked_add(size_t offset, uint64_t n);
 bool locked_stack_pop(size_t offset, uint64_t limit, uint64_t delta, uintptr_t *out);
 bool locked_stack_push(size_t offset, uint64_t delta, uintptr_t obj);
 bool locked_compare_store_pair(size_t offset, uintptr_t e0, uintptr_t e1, uintptr_t n0, uintptr_t n1);
-bool locked_store_if_owned(size_t offset, uintptr_t owner, uintptr_t addr, uint64_t expect,
-                           uint64_t desired);
+bool locked_stack_swap_if(size_t offset, bool want_rounds);
+bool locked_stack_take_counts(size_t offset, uint64_t limit, uint64_t *out);
 
 // ---- operations on the current CPU's copy of a slot word -------------------
 // Counted lists: three words [pops][W][pushes], w_offset 16-byte aligned minus
@@ -186,18 +186,34 @@ SR_RSEQ_FN bool compare_store_pair(size_t offset, uintptr_t e0, uintptr_t e1, ui
   return locked_compare_store_pair(offset, e0, e1, n0, n1);
 }
 
-// If this CPU's word at offset is owner and *addr is expect, *addr = desired.
-SR_RSEQ_FN bool store_if_owned(size_t offset, uintptr_t owner, uintptr_t addr, uint64_t expect,
-                               uint64_t desired) {
+// Slot words {loaded, prev} at offset: swap them if prev has rounds
+// (want_rounds) or room (!want_rounds). Prev is examined only inside the
+// critical section, where it cannot leave the slot.
+SR_RSEQ_FN bool stack_swap_if(size_t offset, bool want_rounds) {
 #if SYSREF_HAVE_RSEQ
   if (__builtin_expect(g_region.m == mode::rseq, 1)) {
     for (;;) {
-      auto r = rseq_x86::store_if_owned(g_region.base + offset, owner, addr, expect, desired);
+      auto r = want_rounds ? rseq_x86::stack_swap_if<true>(g_region.base + offset)
+                           : rseq_x86::stack_swap_if<false>(g_region.base + offset);
       if (r != rseq_x86::aborted) return r == rseq_x86::ok;
     }
   }
 #endif
-  return locked_store_if_owned(offset, owner, addr, expect, desired);
+  return locked_stack_swap_if(offset, want_rounds);
+}
+
+// If the loaded stack's counters have reached stack_fold_limit, move them out:
+// *out gets the old word, the stack keeps only its count.
+SR_RSEQ_FN bool stack_take_counts(size_t offset, uint64_t *out) {
+#if SYSREF_HAVE_RSEQ
+  if (__builtin_expect(g_region.m == mode::rseq, 1)) {
+    for (;;) {
+      auto r = rseq_x86::stack_take_counts(g_region.base + offset, stack_fold_limit, out);
+      if (r != rseq_x86::aborted) return r == rseq_x86::ok;
+    }
+  }
+#endif
+  return locked_stack_take_counts(offset, stack_fold_limit, out);
 }
 
 }  // namespace sysref::percpu

@@ -240,22 +240,55 @@ abort:
   return aborted;
 }
 
-// If this CPU's word at base is owner and *addr is expect, commit *addr =
-// desired: a change to memory that this CPU owns only while owner is in its
-// slot (a loaded magazine's word).
-SR_RSEQ_FN result store_if_owned(uintptr_t base, uintptr_t owner, uintptr_t addr, uint64_t expect,
-                                 uint64_t desired) {
+// Swap the slot's two stack pointers {loaded, prev} -> {prev, loaded} if prev
+// is a stack that is not empty (WantRounds) or not full (!WantRounds). Prev
+// is read inside the section, after the slot named it: only this CPU can
+// take it out of the slot, so it cannot be freed under us.
+template <bool WantRounds>
+SR_RSEQ_FN result stack_swap_if(uintptr_t base) {
   asm goto(SR_RSEQ_PROLOGUE
-           "cmpq %[owner], (%%rax)\n\t"
-           "jne %l[mismatch_]\n\t"
-           "cmpq %[expect], (%[addr])\n\t"
-           "jne %l[mismatch_]\n\t"
-           "movq %[desired], (%[addr])\n\t"
+           "movq (%%rax), %%rcx\n\t"
+           "movq 8(%%rax), %%rdx\n\t"
+           "testq %%rdx, %%rdx\n\t"
+           "jz %l[mismatch_]\n\t"
+           "movq (%%rdx), %%r8\n\t"
+           "andl $1023, %%r8d\n\t"
+           ".if %c[rounds]\n\t"
+           "jz %l[mismatch_]\n\t"
+           ".else\n\t"
+           "cmpl 8(%%rdx), %%r8d\n\t"
+           "jae %l[mismatch_]\n\t"
+           ".endif\n\t"
+           SR_RSEQ_COMMIT_PAIR("%%rdx", "%%rcx", "0")
            SR_RSEQ_EPILOGUE
            :
-           : [roff] "r"(__rseq_offset), [base] "r"(base), [owner] "r"(owner), [addr] "r"(addr),
-             [expect] "r"(expect), [desired] "r"(desired)
-           : "rax", "memory", "cc"
+           : [roff] "r"(__rseq_offset), [base] "r"(base), [rounds] "i"(WantRounds ? 1 : 0)
+           : "rax", "rcx", "rdx", "r8", "xmm0", "xmm1", "memory", "cc"
+           : mismatch_, abort);
+  return ok;
+mismatch_:
+  return mismatch;
+abort:
+  return aborted;
+}
+
+// If the loaded stack's word has reached limit, *out = word and commit
+// word & count mask: its counters leave it (the caller adds them elsewhere).
+SR_RSEQ_FN result stack_take_counts(uintptr_t base, uint64_t limit, uint64_t *out) {
+  asm goto(SR_RSEQ_PROLOGUE
+           "movq (%%rax), %%rcx\n\t"
+           "testq %%rcx, %%rcx\n\t"
+           "jz %l[mismatch_]\n\t"
+           "movq (%%rcx), %%rdx\n\t"
+           "cmpq %[limit], %%rdx\n\t"
+           "jb %l[mismatch_]\n\t"
+           "movq %%rdx, (%[out])\n\t"
+           "andq $1023, %%rdx\n\t"
+           "movq %%rdx, (%%rcx)\n\t"
+           SR_RSEQ_EPILOGUE
+           :
+           : [roff] "r"(__rseq_offset), [base] "r"(base), [limit] "r"(limit), [out] "r"(out)
+           : "rax", "rcx", "rdx", "memory", "cc"
            : mismatch_, abort);
   return ok;
 mismatch_:
