@@ -336,3 +336,28 @@ Test(objcache, bad_arguments_and_foreign_objects, .init = count_errors) {
   objcache_destroy(a);
   objcache_destroy(b);
 }
+
+void reaper_on() {
+  setenv("SYSREF_REAP_INTERVAL_MS", "10", 1);
+  setenv("SYSREF_REAP_THREAD", "1", 1);
+}
+
+// With the program idle after a burst, only the background reaper can give
+// the unused working set back.
+Test(objcache, background_reaper_returns_an_idle_burst, .init = reaper_on) {
+  objcache_t *oc = widgets();
+  std::vector<void *> v;
+  for (int i = 0; i < 3000; ++i) v.push_back(objcache_get(oc, 0));
+  for (void *p : v) objcache_put(oc, p);
+  cr_assert_gt(stats_of(oc).depot_full, 10u);
+  struct objcache_stats s {};
+  for (int i = 0; i < 200; ++i) {  // no calls into the cache meanwhile but stats
+    usleep(10000);
+    s = stats_of(oc);
+    if (s.depot_full == 0) break;
+  }
+  cr_expect_eq(s.depot_full, 0u, "two idle intervals reap every full depot magazine");
+  cr_expect_gt(s.reaped, 2500u);
+  cr_expect_eq(s.dtor_calls, s.reaped);
+  objcache_destroy(oc);
+}
