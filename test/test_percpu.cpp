@@ -229,10 +229,9 @@ Test(percpu, counted_stacks_stay_exact_under_migration_and_signals) {
   g_handler_counts = false;
   std::atomic<long> pops{0}, pushes{0}, bad{0}, lost{0};
   stress(4, 100000, [&](int, long) {
-    uintptr_t token;
-    bool got = percpu::stack_pop(pair_at, &token);
-    if (!got && percpu::stack_swap_if(pair_at, true)) got = percpu::stack_pop(pair_at, &token);
-    if (!got) return;  // this CPU's stacks are empty right now
+    uintptr_t token = percpu::stack_pop(pair_at);
+    if (!token && percpu::stack_swap_if(pair_at, true)) token = percpu::stack_pop(pair_at);
+    if (!token) return;  // this CPU's stacks are empty right now
     pops.fetch_add(1, std::memory_order_relaxed);
     if (held[token - 1].exchange(1) != 0) bad.fetch_add(1);
     held[token - 1].store(0);

@@ -13,9 +13,7 @@ bool ok(objcache_t *oc) { return oc && C(oc)->magic == sysref::objcache::cache_m
 
 // A put must hand back an object of this cache: anything else would be
 // handed out again later. The page map answers without touching obj.
-bool belongs(objcache_t *oc, void *obj) {
-  return sysref::slab::owner_of(obj) == C(oc)->zone && sysref::slab::is_object_start(C(oc)->zone, obj);
-}
+bool belongs(objcache_t *oc, void *obj) { return sysref::slab::holds(C(oc)->zone, obj); }
 }  // namespace
 
 extern "C" {

@@ -165,12 +165,11 @@ bool fold_if_due(cache *c) {
 
 void *get_slow(cache *c, int flags) {
   for (;;) {
-    uintptr_t obj;
-    if (percpu::stack_pop(c->loaded_off(), &obj)) return reinterpret_cast<void *>(obj);
+    if (uintptr_t obj = percpu::stack_pop(c->loaded_off())) return reinterpret_cast<void *>(obj);
     if (fold_if_due(c)) continue;
     if (percpu::stack_swap_if(c->loaded_off(), true)) continue;  // previous has rounds
     depot_acquire(c);
-    magazine *reap = reap_if_due(c, os::now_ns());
+    magazine *reap = reap_if_due(c, os::coarse_now_ns());
     magazine *full = depot_take_full(c);
     if (full && !exchange(c, full)) depot_give(c, full);  // the slot moved: look again
     c->dep.lock.release();
@@ -197,7 +196,7 @@ void put_slow(cache *c, void *obj) {
     if (percpu::stack_push(c->loaded_off(), reinterpret_cast<uintptr_t>(obj))) return;
     if (percpu::stack_swap_if(c->loaded_off(), false)) continue;  // previous has room
     depot_acquire(c);
-    magazine *reap = reap_if_due(c, os::now_ns());
+    magazine *reap = reap_if_due(c, os::coarse_now_ns());
     magazine *empty = depot_take_empty(c);
     c->dep.lock.release();
     if (reap) drain_magazines(c, reap);
@@ -246,7 +245,8 @@ cache *create(const params &p) {
   c->limit = p.limit;
   c->internal = p.internal;
   c->slot = static_cast<size_t>(slot);
-  c->dep.interval_start = os::now_ns();
+  c->dep.interval_start = os::coarse_now_ns();
+  c->mag_index.store(initial_mag_index(c->objsize), std::memory_order_relaxed);
   registry_add(c);
   return c;
 }

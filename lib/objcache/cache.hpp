@@ -66,8 +66,8 @@ void registry_add(cache *c);
 void registry_remove(cache *c);
 
 SR_RSEQ_FN void *get_fast(cache *c, int flags) {
-  uintptr_t obj;
-  if (__builtin_expect(percpu::stack_pop(c->loaded_off(), &obj), 1)) return reinterpret_cast<void *>(obj);
+  if (uintptr_t obj = percpu::stack_pop(c->loaded_off()); __builtin_expect(obj != 0, 1))
+    return reinterpret_cast<void *>(obj);
   return get_slow(c, flags);
 }
 

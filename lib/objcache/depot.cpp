@@ -40,7 +40,7 @@ void *reaper_main(void *) {
   for (;;) {
     unsigned ms = os::opts().reap_interval_ms;
     os::sleep_ms(ms);
-    uint64_t now = os::now_ns();
+    uint64_t now = os::coarse_now_ns();
     os::guard g(g_registry_lock);  // destroy waits for a reap in progress
     for (cache *c = g_registry; c; c = c->next_cache) {
       depot_acquire(c);

@@ -25,6 +25,12 @@ inline void **items(magazine *m) { return reinterpret_cast<void **>(m + 1); }
 inline constexpr uint32_t mag_sizes[] = {15, 31, 63, 127, 255};
 inline constexpr unsigned mag_size_count = sizeof mag_sizes / sizeof mag_sizes[0];
 
+// Where a cache starts: small objects get magazines big enough that a CPU
+// juggling 64 of them stays off the depot (two 63-round magazines reach a
+// steady state with no depot trips), large ones small magazines, so a CPU
+// caches at most about 2 * rounds * size of a cache.
+inline unsigned initial_mag_index(size_t objsize) { return objsize <= 512 ? 2 : objsize <= 4096 ? 1 : 0; }
+
 inline uint64_t word_of(const magazine *m) { return __atomic_load_n(&m->word, __ATOMIC_RELAXED); }
 inline uint32_t rounds_of(uint64_t w) { return static_cast<uint32_t>(w & percpu::stack_count_mask); }
 inline uint64_t puts_of(uint64_t w) { return (w >> percpu::stack_lo_shift) & ((uint64_t{1} << 27) - 1); }

@@ -14,7 +14,7 @@
 
 namespace sysref::percpu {
 
-constinit region g_region{0, 0, mode::unset};
+constinit region g_region{0, 0, 0, mode::unset};
 
 namespace {
 
@@ -74,6 +74,9 @@ bool ensure_init() {
     return false;
   }
   g_region.base = reinterpret_cast<uintptr_t>(base);
+#if SYSREF_HAVE_RSEQ
+  g_region.rseq_off = __rseq_offset;
+#endif
   g_region.ncpus = n;
   g_region.m = choose();
   g_state.store(2, std::memory_order_release);

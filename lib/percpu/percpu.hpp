@@ -38,6 +38,7 @@ enum class mode : uint8_t { unset, rseq, lock };
 
 struct region {
   uintptr_t base;
+  ptrdiff_t rseq_off;  // glibc's __rseq_offset, kept here: one load, not two via the GOT
   unsigned ncpus;
   mode m;
 };
@@ -148,26 +149,22 @@ inline constexpr uint64_t stack_push_delta = (uint64_t{1} << stack_lo_shift) + 1
 // (lo may run ahead of hi by at most the capacity since the last fold).
 inline constexpr uint64_t stack_fold_limit = ((uint64_t{1} << 27) - 4096) << stack_hi_shift;
 
-SR_RSEQ_FN bool stack_pop(size_t offset, uintptr_t *out) {
+// The popped item, or 0 when there is no stack, it is empty, or its counters
+// must be folded first.
+SR_RSEQ_FN uintptr_t stack_pop(size_t offset) {
 #if SYSREF_HAVE_RSEQ
-  if (__builtin_expect(g_region.m == mode::rseq, 1)) {
-    for (;;) {
-      auto r = rseq_x86::stack_pop(g_region.base + offset, stack_fold_limit, stack_pop_delta, out);
-      if (r != rseq_x86::aborted) return r == rseq_x86::ok;
-    }
-  }
+  if (__builtin_expect(g_region.m == mode::rseq, 1))
+    return rseq_x86::stack_pop(g_region.rseq_off, g_region.base + offset, stack_fold_limit,
+                               stack_pop_delta);
 #endif
-  return locked_stack_pop(offset, stack_fold_limit, stack_pop_delta, out);
+  uintptr_t out;
+  return locked_stack_pop(offset, stack_fold_limit, stack_pop_delta, &out) ? out : 0;
 }
 
 SR_RSEQ_FN bool stack_push(size_t offset, uintptr_t obj) {
 #if SYSREF_HAVE_RSEQ
-  if (__builtin_expect(g_region.m == mode::rseq, 1)) {
-    for (;;) {
-      auto r = rseq_x86::stack_push(g_region.base + offset, stack_push_delta, obj);
-      if (r != rseq_x86::aborted) return r == rseq_x86::ok;
-    }
-  }
+  if (__builtin_expect(g_region.m == mode::rseq, 1))
+    return rseq_x86::stack_push(g_region.rseq_off, g_region.base + offset, stack_push_delta, obj);
 #endif
   return locked_stack_push(offset, stack_push_delta, obj);
 }

@@ -28,6 +28,7 @@ inline constexpr int cpu_shift = 16;  // 64 KiB of slots per CPU
 // The descriptor, the signature and the abort trampoline; start label 1,
 // post-commit label 2, descriptor 3, abort 4.
 #define SR_RSEQ_PROLOGUE                                  \
+  "0:\n\t"                                                \
   ".pushsection __rseq_cs, \"aw\"\n\t"                    \
   ".balign 32\n\t"                                        \
   "3:\n\t"                                                \
@@ -40,6 +41,18 @@ inline constexpr int cpu_shift = 16;  // 64 KiB of slots per CPU
   "movl %%fs:4(%[roff]), %%eax\n\t"                       \
   "shlq $16, %%rax\n\t"                                   \
   "addq %[base], %%rax\n\t"
+
+// An abort handler that simply runs the section again from label 0 (it sets
+// rseq_cs anew): for sections whose inputs sit in registers they do not
+// change, and which write nothing that a rerun would misread.
+#define SR_RSEQ_EPILOGUE_RETRY                            \
+  "2:\n\t"                                                \
+  ".pushsection __rseq_failure, \"ax\"\n\t"               \
+  ".byte 0x0f, 0xb9, 0x3d\n\t"                            \
+  ".long 0x53053053\n\t"                                  \
+  "4:\n\t"                                                \
+  "jmp 0b\n\t"                                            \
+  ".popsection\n\t"
 
 // The commit of a counted list: one 16-byte store of {lo, hi} at disp(rax).
 #define SR_RSEQ_COMMIT_PAIR(lo, hi, disp)                 \
@@ -165,7 +178,10 @@ abort:
 // a push word + push_delta (count + 1, lo + 1): one 8-byte store each. A pop
 // refuses (mismatch) once the word reaches limit, so the slow path can fold
 // the counters before they overflow.
-SR_RSEQ_FN result stack_pop(uintptr_t base, uint64_t limit, uint64_t pop_delta, uintptr_t *out) {
+// Returns the popped item, or 0 (mismatch: no stack, empty, or at limit).
+// Aborts rerun the section.
+SR_RSEQ_FN uintptr_t stack_pop(ptrdiff_t roff, uintptr_t base, uint64_t limit, uint64_t pop_delta) {
+  uintptr_t item;
   asm goto(SR_RSEQ_PROLOGUE
            "movq (%%rax), %%rcx\n\t"
            "testq %%rcx, %%rcx\n\t"
@@ -176,24 +192,21 @@ SR_RSEQ_FN result stack_pop(uintptr_t base, uint64_t limit, uint64_t pop_delta, 
            "jz %l[mismatch_]\n\t"
            "cmpq %[limit], %%rdx\n\t"
            "jae %l[mismatch_]\n\t"
-           "movq 16(%%rcx,%%r8,8), %%r9\n\t"
-           "movq %%r9, (%[out])\n\t"
+           "movq 16(%%rcx,%%r8,8), %[item]\n\t"
            "addq %[delta], %%rdx\n\t"
            "movq %%rdx, (%%rcx)\n\t"
-           SR_RSEQ_EPILOGUE
-           :
-           : [roff] "r"(__rseq_offset), [base] "r"(base), [limit] "r"(limit),
-             [delta] "r"(pop_delta), [out] "r"(out)
-           : "rax", "rcx", "rdx", "r8", "r9", "memory", "cc"
-           : mismatch_, abort);
-  return ok;
+           SR_RSEQ_EPILOGUE_RETRY
+           : [item] "=&r"(item)
+           : [roff] "r"(roff), [base] "r"(base), [limit] "r"(limit), [delta] "r"(pop_delta)
+           : "rax", "rcx", "rdx", "r8", "memory", "cc"
+           : mismatch_);
+  return item;
 mismatch_:
-  return mismatch;
-abort:
-  return aborted;
+  return 0;
 }
 
-SR_RSEQ_FN result stack_push(uintptr_t base, uint64_t push_delta, uintptr_t obj) {
+// Pushes obj unless there is no stack or it is full (false). Aborts rerun.
+SR_RSEQ_FN bool stack_push(ptrdiff_t roff, uintptr_t base, uint64_t push_delta, uintptr_t obj) {
   asm goto(SR_RSEQ_PROLOGUE
            "movq (%%rax), %%rcx\n\t"
            "testq %%rcx, %%rcx\n\t"
@@ -206,16 +219,14 @@ SR_RSEQ_FN result stack_push(uintptr_t base, uint64_t push_delta, uintptr_t obj)
            "movq %[obj], 24(%%rcx,%%r8,8)\n\t"
            "addq %[delta], %%rdx\n\t"
            "movq %%rdx, (%%rcx)\n\t"
-           SR_RSEQ_EPILOGUE
+           SR_RSEQ_EPILOGUE_RETRY
            :
-           : [roff] "r"(__rseq_offset), [base] "r"(base), [delta] "r"(push_delta), [obj] "r"(obj)
+           : [roff] "r"(roff), [base] "r"(base), [delta] "r"(push_delta), [obj] "r"(obj)
            : "rax", "rcx", "rdx", "r8", "memory", "cc"
-           : mismatch_, abort);
-  return ok;
+           : mismatch_);
+  return true;
 mismatch_:
-  return mismatch;
-abort:
-  return aborted;
+  return false;
 }
 
 // If the two words at base are {e0, e1}, commit {n0, n1} (one 16-byte store).
@@ -299,6 +310,7 @@ abort:
 
 #undef SR_RSEQ_PROLOGUE
 #undef SR_RSEQ_EPILOGUE
+#undef SR_RSEQ_EPILOGUE_RETRY
 #undef SR_RSEQ_COMMIT_PAIR
 
 }  // namespace sysref::percpu::rseq_x86

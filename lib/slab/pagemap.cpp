@@ -6,18 +6,13 @@
 #include "../os/os.hpp"
 
 namespace sysref::slab::pagemap {
+
+constinit std::atomic<detail::leaf *> detail::g_top[detail::top_entries] = {};
+
 namespace {
+using namespace detail;
 
-constexpr int address_bits = 48;
-constexpr int index_bits = address_bits - granule_shift;  // 32
-constexpr int leaf_bits = 16;
-constexpr size_t leaf_entries = size_t{1} << leaf_bits;
-constexpr size_t top_entries = size_t{1} << (index_bits - leaf_bits);
 constexpr int static_leaves = 2;
-
-using leaf = std::atomic<void *>[leaf_entries];
-
-constinit std::atomic<leaf *> g_top[top_entries] = {};
 constinit std::atomic<void *> g_static[static_leaves][leaf_entries] = {};
 constinit int g_static_used = 0;
 constinit os::lock g_grow;
@@ -67,11 +62,5 @@ void clear(uintptr_t start, size_t len) {
   }
 }
 
-void *get(uintptr_t addr) {
-  if (addr >> address_bits) return nullptr;
-  size_t i = addr >> granule_shift;
-  leaf *l = leaf_for(i >> leaf_bits, false);
-  return l ? (*l)[i & (leaf_entries - 1)].load(std::memory_order_acquire) : nullptr;
-}
 
 }  // namespace sysref::slab::pagemap

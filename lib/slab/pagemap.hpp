@@ -4,6 +4,7 @@
 // reserve never needs a page request.
 #pragma once
 #include <cstddef>
+#include <atomic>
 #include <cstdint>
 
 namespace sysref::slab::pagemap {
@@ -20,6 +21,24 @@ inline constexpr uintptr_t foreign_owner_bit = 1;
 // EINVAL for an address beyond 48 bits.
 int set(uintptr_t start, size_t len, void *owner);
 void clear(uintptr_t start, size_t len);
-void *get(uintptr_t addr);
+
+namespace detail {
+inline constexpr int address_bits = 48;
+inline constexpr int leaf_bits = 16;
+inline constexpr size_t leaf_entries = size_t{1} << leaf_bits;
+inline constexpr size_t top_entries = size_t{1} << (address_bits - granule_shift - leaf_bits);
+using leaf = std::atomic<void *>[leaf_entries];
+extern std::atomic<leaf *> g_top[top_entries];
+}  // namespace detail
+
+// The owner of addr, or nullptr. Two loads, no lock: inline because every
+// checked free asks.
+inline void *get(uintptr_t addr) {
+  using namespace detail;
+  if (addr >> address_bits) return nullptr;
+  size_t i = addr >> granule_shift;
+  leaf *l = g_top[i >> leaf_bits].load(std::memory_order_acquire);
+  return l ? (*l)[i & (leaf_entries - 1)].load(std::memory_order_acquire) : nullptr;
+}
 
 }  // namespace sysref::slab::pagemap

@@ -8,9 +8,37 @@
 
 #include <sysref/kmalloc_obj.h>
 
+#include "pagemap.hpp"
+
 namespace sysref::slab {
 
+// A zone's layout, at the start of every zone: what a pointer check needs.
+struct geometry {
+  uintptr_t mask;        // slab_size - 1
+  size_t first_offset;   // of the first object in a slab
+  size_t objsize;
+  uint64_t reciprocal;   // ceil(2^64 / objsize): offset -> index without a divide
+  uint32_t nobjs;        // objects per slab
+};
+
 struct zone;
+// The start of every slab header.
+struct slab_head {
+  uint64_t magic;
+  zone *owner;
+};
+
+inline const geometry &geometry_of(const zone *z) { return *reinterpret_cast<const geometry *>(z); }
+
+// Index of the object p starts in its slab, or ~0 if p is not the start of
+// an object of this layout. Arithmetic only.
+inline uintptr_t object_index(const geometry &g, uintptr_t p) {
+  uintptr_t off = (p & g.mask) - g.first_offset;  // wraps below the first object
+  __extension__ using u128 = unsigned __int128;
+  uint64_t index = static_cast<uint64_t>((static_cast<u128>(off) * g.reciprocal) >> 64);
+  if (index >= g.nobjs || index * g.objsize != off) return ~uintptr_t{0};
+  return index;
+}
 
 inline constexpr size_t max_object = size_t{256} << 10;
 inline constexpr size_t min_slab = size_t{64} << 10;
@@ -31,9 +59,17 @@ int stats(zone *z, kmalloc_zone_stats *out);
 
 // The zone that owns p, or nullptr when p lies in no slab the library knows
 // (it reads only the page map and the slab header, never p itself).
-zone *owner_of(const void *p);
+inline zone *owner_of(const void *p) {
+  auto v = reinterpret_cast<uintptr_t>(pagemap::get(reinterpret_cast<uintptr_t>(p)));
+  if (!v || (v & pagemap::foreign_owner_bit)) return nullptr;
+  return reinterpret_cast<const slab_head *>(v)->owner;
+}
 // Whether p is the start of an object in z's slab layout (arithmetic only).
-bool is_object_start(const zone *z, const void *p);
+inline bool is_object_start(const zone *z, const void *p) {
+  return object_index(geometry_of(z), reinterpret_cast<uintptr_t>(p)) != ~uintptr_t{0};
+}
+// Both: p is the start of one of z's objects.
+inline bool holds(const zone *z, const void *p) { return owner_of(p) == z && is_object_start(z, p); }
 
 // A word the layer above may attach to a zone (kmalloc: its size class).
 void set_user(zone *z, void *user);

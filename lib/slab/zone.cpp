@@ -260,17 +260,8 @@ int stats(zone *z, kmalloc_zone_stats *out) {
   return 0;
 }
 
-bool is_object_start(const zone *z, const void *p) {
-  return object_index(z, reinterpret_cast<uintptr_t>(p)) != ~uintptr_t{0};
-}
-
 void set_user(zone *z, void *u) { z->user = u; }
 void *user(const zone *z) { return z->user; }
 
-zone *owner_of(const void *p) {
-  auto v = reinterpret_cast<uintptr_t>(pagemap::get(reinterpret_cast<uintptr_t>(p)));
-  if (!v || (v & pagemap::foreign_owner_bit)) return nullptr;
-  return reinterpret_cast<slab *>(v)->owner;
-}
 
 }  // namespace sysref::slab

@@ -31,9 +31,7 @@ inline constexpr uintptr_t detached_bit = 1;
 
 enum class where : uint8_t { active, partial, full, spare, reserve };
 
-struct slab {
-  uint64_t magic;
-  zone *owner;
+struct slab : slab_head {
   std::atomic<uintptr_t> remote;
   uintptr_t free;  // list ending at the slab base
   uint32_t nfree;  // objects on `free` plus never-used tail objects
@@ -61,13 +59,11 @@ struct slab_list {
   }
 };
 
-struct zone {
+struct zone : geometry {  // the geometry first: slab.hpp reads it inline
   uint64_t magic;
   char name[32];
-  size_t objsize, slab_size, first_offset;
-  uint32_t nobjs, batch;
-  uintptr_t mask;         // slab_size - 1
-  uint64_t reciprocal;    // ceil(2^64 / objsize): offset -> index without a divide
+  size_t slab_size;
+  uint32_t batch;
   uint64_t secret;
   size_t slot;            // per-CPU slot: allocs at +8, W at +16, frees at +24 (counted list)
   os::lock lock;
@@ -89,16 +85,6 @@ struct zone {
 
 inline slab *slab_of(const zone *z, uintptr_t p) { return reinterpret_cast<slab *>(p & ~z->mask); }
 inline uintptr_t base_of(const slab *s) { return reinterpret_cast<uintptr_t>(s); }
-
-// Offset into the object area if p is the start of an object of z's slab
-// layout; ~0 otherwise. Pure arithmetic: touches no memory.
-inline uintptr_t object_index(const zone *z, uintptr_t p) {
-  uintptr_t off = (p & z->mask) - z->first_offset;  // wraps below the first object
-  __extension__ using u128 = unsigned __int128;
-  uint64_t index = static_cast<uint64_t>((static_cast<u128>(off) * z->reciprocal) >> 64);
-  if (index >= z->nobjs || index * z->objsize != off) return ~uintptr_t{0};
-  return index;
-}
 
 // Shared between alloc.cpp and zone.cpp (all with z->lock held).
 void move(zone *z, slab *s, where to);
@@ -130,7 +116,7 @@ SR_RSEQ_FN void *alloc_fast(zone *z, int flags) {
 SR_RSEQ_FN void free_fast(zone *z, void *ptr) {
   if (!ptr) return;
   uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
-  if (__builtin_expect(object_index(z, p) == ~uintptr_t{0}, 0))
+  if (__builtin_expect(object_index(*z, p) == ~uintptr_t{0}, 0))
     return bad_free(z, ptr, "kfree_obj: not the start of an object of zone");
   switch (percpu::push_counted(z->w_off(), ~z->mask, p & ~z->mask, p, z->marker(p))) {
     case percpu::pushed:
