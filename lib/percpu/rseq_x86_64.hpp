@@ -21,6 +21,11 @@
 
 namespace sysref::percpu::rseq_x86 {
 
+// glibc's __rseq_offset, copied at start-up into the per-CPU region header so
+// a section costs one load for it, not two through the GOT.
+extern ptrdiff_t cached_rseq_offset;
+inline ptrdiff_t rseq_offset() { return cached_rseq_offset; }
+
 enum result { ok = 0, mismatch = 1, aborted = -1 };
 
 inline constexpr int cpu_shift = 16;  // 64 KiB of slots per CPU
@@ -89,7 +94,7 @@ SR_RSEQ_FN result pop_counted(uintptr_t base, uintptr_t mask, uintptr_t *out) {
            SR_RSEQ_COMMIT_PAIR("%%rcx", "%%rdx", "-8")
            SR_RSEQ_EPILOGUE
            :
-           : [roff] "r"(__rseq_offset), [base] "r"(base), [mask] "r"(mask), [out] "r"(out)
+           : [roff] "r"(rseq_offset()), [base] "r"(base), [mask] "r"(mask), [out] "r"(out)
            : "rax", "rcx", "rdx", "xmm0", "xmm1", "memory", "cc"
            : mismatch_, abort);
   return ok;
@@ -126,7 +131,7 @@ SR_RSEQ_FN int push_counted(uintptr_t base, uintptr_t notmask, uintptr_t owner, 
            SR_RSEQ_COMMIT_PAIR("%[obj]", "%%rcx", "0")
            SR_RSEQ_EPILOGUE
            :
-           : [roff] "r"(__rseq_offset), [base] "r"(base), [notmask] "r"(notmask),
+           : [roff] "r"(rseq_offset()), [base] "r"(base), [notmask] "r"(notmask),
              [owner] "r"(owner), [obj] "r"(obj), [tag] "r"(tag), [check] "i"(Check ? 1 : 0)
            : "rax", "rcx", "rdx", "xmm0", "xmm1", "memory", "cc"
            : mismatch_, duplicate, abort);
@@ -147,7 +152,7 @@ SR_RSEQ_FN result compare_store(uintptr_t base, uintptr_t expect, uintptr_t desi
            "movq %[desired], (%%rax)\n\t"
            SR_RSEQ_EPILOGUE
            :
-           : [roff] "r"(__rseq_offset), [base] "r"(base), [expect] "r"(expect),
+           : [roff] "r"(rseq_offset()), [base] "r"(base), [expect] "r"(expect),
              [desired] "r"(desired)
            : "rax", "memory", "cc"
            : mismatch_, abort);
@@ -164,7 +169,7 @@ SR_RSEQ_FN result add(uintptr_t base, uint64_t n) {
            "addq %[n], (%%rax)\n\t"
            SR_RSEQ_EPILOGUE
            :
-           : [roff] "r"(__rseq_offset), [base] "r"(base), [n] "r"(n)
+           : [roff] "r"(rseq_offset()), [base] "r"(base), [n] "r"(n)
            : "rax", "memory", "cc"
            : abort);
   return ok;
@@ -240,7 +245,7 @@ SR_RSEQ_FN result compare_store_pair(uintptr_t base, uintptr_t e0, uintptr_t e1,
            SR_RSEQ_COMMIT_PAIR("%[n0]", "%[n1]", "0")
            SR_RSEQ_EPILOGUE
            :
-           : [roff] "r"(__rseq_offset), [base] "r"(base), [e0] "r"(e0), [e1] "r"(e1),
+           : [roff] "r"(rseq_offset()), [base] "r"(base), [e0] "r"(e0), [e1] "r"(e1),
              [n0] "r"(n0), [n1] "r"(n1)
            : "rax", "xmm0", "xmm1", "memory", "cc"
            : mismatch_, abort);
@@ -273,7 +278,7 @@ SR_RSEQ_FN result stack_swap_if(uintptr_t base) {
            SR_RSEQ_COMMIT_PAIR("%%rdx", "%%rcx", "0")
            SR_RSEQ_EPILOGUE
            :
-           : [roff] "r"(__rseq_offset), [base] "r"(base), [rounds] "i"(WantRounds ? 1 : 0)
+           : [roff] "r"(rseq_offset()), [base] "r"(base), [rounds] "i"(WantRounds ? 1 : 0)
            : "rax", "rcx", "rdx", "r8", "xmm0", "xmm1", "memory", "cc"
            : mismatch_, abort);
   return ok;
@@ -298,7 +303,7 @@ SR_RSEQ_FN result stack_take_counts(uintptr_t base, uint64_t limit, uint64_t *ou
            "movq %%rdx, (%%rcx)\n\t"
            SR_RSEQ_EPILOGUE
            :
-           : [roff] "r"(__rseq_offset), [base] "r"(base), [limit] "r"(limit), [out] "r"(out)
+           : [roff] "r"(rseq_offset()), [base] "r"(base), [limit] "r"(limit), [out] "r"(out)
            : "rax", "rcx", "rdx", "memory", "cc"
            : mismatch_, abort);
   return ok;

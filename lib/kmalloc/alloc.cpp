@@ -1,0 +1,176 @@
+// The core paths: where a request goes (a size class, a power-of-two class
+// for alignment, or a large mapping) and how a pointer is traced back to its
+// owner through the page map without reading the pointer's memory.
+#include <atomic>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <sysref/flags.h>
+
+#include "../os/os.hpp"
+#include "kmalloc.hpp"
+#include "large.hpp"
+#include "size_class.hpp"
+
+namespace sysref::kmalloc {
+namespace {
+
+constinit std::atomic<uint64_t> g_errors{0};
+
+constexpr int get_flags = SR_NOWAIT | SR_USE_RESERVE;  // what objcache::get takes
+
+void *from_class(unsigned index, int flags) {
+  objcache::cache *c = cache_for(index);
+  if (!c) return nullptr;
+  void *p = objcache::get(c, flags & get_flags);
+  // Zeroed here, not below: a cached object holds whatever it last held.
+  if (p && (flags & SR_ZERO)) std::memset(p, 0, g_classes[index].size);
+  return p;
+}
+
+// What a pointer is, from the page map and the layer's own records alone.
+struct block {
+  enum kind_t : uint8_t { foreign, interior, small, big } kind;
+  size_class *cls;
+  large::record *rec;
+  size_t usable;
+};
+
+block locate(const void *p) {
+  if (slab::zone *z = slab::owner_of(p)) {
+    size_class *c = class_of_zone(z);
+    if (!c) return {block::foreign, nullptr, nullptr, 0};  // another layer's zone
+    if (!slab::is_object_start(z, p)) return {block::interior, c, nullptr, 0};
+    return {block::small, c, nullptr, c->size};
+  }
+  if (large::record *r = large::find(p)) {
+    if (r->start != reinterpret_cast<uintptr_t>(p)) return {block::interior, nullptr, r, 0};
+    return {block::big, nullptr, r, r->len};
+  }
+  return {block::foreign, nullptr, nullptr, 0};
+}
+
+// Counted first: in abort mode report_error does not return.
+[[gnu::cold]] void bad_pointer(const block &b, const void *p, const char *foreign_msg,
+                               const char *interior_msg) {
+  g_errors.fetch_add(1, std::memory_order_relaxed);
+  os::report_error(b.kind == block::interior ? interior_msg : foreign_msg, nullptr, p);
+}
+
+bool usable(const block &b) { return b.kind == block::small || b.kind == block::big; }
+
+// Everything but a plain small request: zeroing, a class not yet made,
+// alignment, large sizes.
+[[gnu::noinline]] void *alloc_other(size_t size, size_t align, int flags) {
+  if (size > static_cast<size_t>(PTRDIFF_MAX)) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  if (align <= 16) {
+    if (size <= max_small) return from_class(class_index(size), flags);
+    return large::alloc(size, 0, flags);
+  }
+  size_t need = size > align ? size : align;
+  if (align <= os::page_size() && need <= max_small) return from_class(pow2_class_index(need), flags);
+  return large::alloc(size, align, flags);  // fresh mappings read as zero: SR_ZERO is free
+}
+
+// A large block or a bad pointer.
+[[gnu::noinline]] void free_other(void *p) {
+  block b = locate(p);
+  if (b.kind == block::small) objcache::put(b.cls->cache.load(std::memory_order_relaxed), p);
+  else if (b.kind == block::big) large::release(b.rec);
+  else bad_pointer(b, p, "sr_free: pointer not from this allocator", "sr_free: not the start of a block");
+}
+
+}  // namespace
+
+void *alloc(size_t size, size_t align, int flags) {
+  if (__builtin_expect(size <= max_small && align <= 16 && !(flags & SR_ZERO), 1)) {
+    objcache::cache *c = g_classes[class_index(size)].cache.load(std::memory_order_acquire);
+    if (__builtin_expect(c != nullptr, 1)) return objcache::get(c, flags & get_flags);
+  }
+  return alloc_other(size, align, flags);
+}
+
+void free(void *p) {
+  if (!p) return;
+  int *err = &errno;  // one lookup of the thread's errno for save and restore
+  int saved = *err;
+  slab::zone *z = slab::owner_of(p);
+  size_class *c = z ? class_of_zone(z) : nullptr;
+  if (__builtin_expect(c && slab::is_object_start(z, p), 1))
+    objcache::put(c->cache.load(std::memory_order_relaxed), p);
+  else
+    free_other(p);
+  *err = saved;
+}
+
+void *realloc(void *p, size_t size, int flags) {
+  if (!p) return alloc(size, 0, flags);
+  if (size == 0) {
+    free(p);
+    return nullptr;
+  }
+  block b = locate(p);
+  if (!usable(b)) {
+    bad_pointer(b, p, "sr_realloc: pointer not from this allocator", "sr_realloc: not the start of a block");
+    errno = EINVAL;
+    return nullptr;
+  }
+  // In place unless it would waste more than half the block; a block of the
+  // smallest class it could move to stays too (moving would not shrink it).
+  bool same_class = b.kind == block::small && size <= max_small &&
+                    &g_classes[class_index(size)] == b.cls;
+  if (size <= b.usable && (size >= b.usable / 2 || same_class)) {
+    if (flags & SR_ZERO) std::memset(static_cast<char *>(p) + size, 0, b.usable - size);
+    return p;
+  }
+  void *q = alloc(size, 0, flags);
+  if (!q) return nullptr;  // p untouched
+  std::memcpy(q, p, size < b.usable ? size : b.usable);
+  free(p);
+  return q;
+}
+
+size_t usable_size(const void *p) {
+  if (!p) return 0;
+  block b = locate(p);
+  if (usable(b)) return b.usable;
+  bad_pointer(b, p, "sr_malloc_usable_size: pointer not from this allocator",
+              "sr_malloc_usable_size: not the start of a block");
+  return 0;
+}
+
+bool owns(const void *p) {
+  if (slab::zone *z = slab::owner_of(p)) return class_of_zone(z) != nullptr;
+  return large::find(p) != nullptr;
+}
+
+void *aligned(size_t size, size_t align, int flags) {
+  if (align == 0 || (align & (align - 1)) != 0) {
+    errno = EINVAL;
+    return nullptr;
+  }
+  return alloc(size, align, flags);
+}
+
+stats snapshot() {
+  large::counters l = large::snapshot();
+  return {l.allocs, l.frees, l.bytes_mapped, l.bytes_unmapped, g_errors.load(std::memory_order_relaxed)};
+}
+
+unsigned class_count() { return num_classes; }
+size_t class_size(unsigned index) { return index < num_classes ? class_size_of(index) : 0; }
+objcache::cache *class_cache(unsigned index) {
+  return index < num_classes ? g_classes[index].cache.load(std::memory_order_acquire) : nullptr;
+}
+
+size_t reclaim() {
+  size_t bytes = 0;
+  for (unsigned i = 0; i < num_classes; ++i)
+    if (objcache::cache *c = class_cache(i)) bytes += objcache::reclaim(c);
+  return bytes;
+}
+
+}  // namespace sysref::kmalloc

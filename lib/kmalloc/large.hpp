@@ -1,0 +1,30 @@
+// Private to lib/kmalloc: blocks above 32 KiB, mapped directly. Each block
+// owns whole 64 KiB granules of the page map, which point (tagged with
+// pagemap::foreign_owner_bit) at a record kept outside the block, so that
+// looking a pointer up never touches the memory it points to.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace sysref::kmalloc::large {
+
+struct record {
+  uint64_t magic;
+  uintptr_t start;
+  size_t len;  // mapped bytes: the usable size
+};
+
+// A block of at least size bytes aligned to align (0 or a power of two).
+// SR_NOWAIT fails (ENOMEM): a large block is always a synchronous map.
+void *alloc(size_t size, size_t align, int flags);
+// The record of the block whose granules hold p, or nullptr (p may be
+// inside the block: compare record::start).
+record *find(const void *p);
+void release(record *r);
+
+struct counters {
+  uint64_t allocs, frees, bytes_mapped, bytes_unmapped;
+};
+counters snapshot();
+
+}  // namespace sysref::kmalloc::large

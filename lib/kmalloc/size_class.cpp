@@ -1,0 +1,77 @@
+// Size classes: the table's invariants, checked at compile time, and the
+// lazy, thread-safe creation of each class's objcache.
+#include "size_class.hpp"
+
+#include <cerrno>
+
+#include "../os/os.hpp"
+
+namespace sysref::kmalloc {
+
+constinit size_class g_classes[num_classes] = {};
+
+namespace {
+
+// Every size maps to the smallest class that holds it, and no class wastes
+// more than 1/8 above 128 bytes: the promise made in kmalloc(3).
+constexpr bool table_is_sound() {
+  if (class_size_of(num_classes - 1) != max_small) return false;
+  for (size_t s = 1; s <= max_small; ++s) {
+    unsigned i = class_index_arith(s);
+    if (i >= num_classes || class_size_of(i) < s) return false;
+    if (i > 0 && class_size_of(i - 1) >= s) return false;
+    if (s > 128 && class_size_of(i) * 8 > s * 9) return false;
+  }
+  for (unsigned i = 0; i < num_classes; ++i)
+    if (class_size_of(i) % 16 != 0) return false;  // what the table relies on
+  return true;
+}
+static_assert(table_is_sound());
+
+// One lock for all creations: they happen once per class, and a lock lets a
+// losing thread wait instead of building a cache it would have to destroy.
+constinit os::lock g_create;
+
+// "kmalloc-<size>" without snprintf (nothing here may allocate).
+void format_name(char *out, size_t cap, size_t size) {
+  const char prefix[] = "kmalloc-";
+  size_t n = 0;
+  for (const char *p = prefix; *p && n + 1 < cap; ++p) out[n++] = *p;
+  char digits[24];
+  size_t d = 0;
+  do {
+    digits[d++] = static_cast<char>('0' + size % 10);
+    size /= 10;
+  } while (size);
+  while (d && n + 1 < cap) out[n++] = digits[--d];
+  out[n] = '\0';
+}
+
+}  // namespace
+
+objcache::cache *create_class(unsigned index) {
+  size_class &c = g_classes[index];
+  os::guard g(g_create);
+  if (objcache::cache *existing = c.cache.load(std::memory_order_relaxed)) return existing;
+  const size_t size = class_size_of(index), page = os::page_size();
+  // Power-of-two classes are naturally aligned (up to a page): aligned
+  // requests are served from them.
+  const size_t align = std::has_single_bit(size) ? (size < page ? size : page) : 16;
+  format_name(c.name, sizeof c.name, size);
+  objcache::params p{};
+  p.name = c.name;
+  p.size = size;
+  p.align = align;
+  p.internal = true;
+  objcache::cache *oc = objcache::create(p);
+  if (!oc) return nullptr;  // errno from create; the next allocation retries
+  c.size = static_cast<uint32_t>(size);
+  c.align = static_cast<uint32_t>(align);
+  c.zone = objcache::zone_of(oc);
+  // free() finds the class from any of its pointers: page map -> zone -> tag.
+  slab::set_user(c.zone, &c);
+  c.cache.store(oc, std::memory_order_release);
+  return oc;
+}
+
+}  // namespace sysref::kmalloc

@@ -1,0 +1,83 @@
+// Private to lib/kmalloc: the size classes. Up to 128 bytes the classes are
+// 16 bytes apart; above, every power-of-two range is split into 8 equal
+// steps, so a block wastes at most 1/8 of the size asked for. Each class is
+// an objcache, created on first use (no static constructors: the library may
+// run before constructors do, under the preload shim).
+#pragma once
+#include <array>
+#include <atomic>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+
+#include "../objcache/objcache.hpp"
+
+namespace sysref::kmalloc {
+
+inline constexpr size_t max_small = size_t{32} << 10;  // above: large.cpp
+inline constexpr unsigned num_classes = 72;  // 16..128, 7 + 7 * 8 eighths of 2^7..2^15, 32 KiB
+
+// Sizes in index order: index < 8 -> (i + 1) * 16; then n = 7 + (i - 8) / 8,
+// k = (i - 8) % 8 -> 2^n * (9 + k) / 8.
+constexpr size_t class_size_of(unsigned i) {
+  if (i < 8) return size_t{i + 1} * 16;
+  unsigned n = 7 + (i - 8) / 8, k = (i - 8) % 8;
+  return size_t{9 + k} << (n - 3);
+}
+
+// The class for a size above 128 by bit arithmetic: with s = size - 1 in
+// [2^n, 2^(n+1)), the top four bits of s pick the step.
+constexpr unsigned class_index_arith(size_t size) {
+  if (size <= 128) return size ? static_cast<unsigned>((size + 15) / 16 - 1) : 0;
+  size_t s = size - 1;
+  unsigned n = static_cast<unsigned>(std::bit_width(s)) - 1;
+  return 8 + (n - 7) * 8 + static_cast<unsigned>(s >> (n - 3)) - 8;
+}
+
+// Every class size is a multiple of 16, so sizes within one 16-byte step
+// share a class and a table indexed by (size + 15) / 16 covers <= 1024.
+inline constexpr size_t table_limit = 1024;
+inline constexpr auto small_table = [] {
+  std::array<uint8_t, table_limit / 16 + 1> t{};
+  for (size_t i = 0; i < t.size(); ++i) t[i] = static_cast<uint8_t>(class_index_arith(i * 16));
+  return t;
+}();
+
+// O(1): a table load up to 1 KiB, a bit scan above. size <= max_small.
+inline unsigned class_index(size_t size) {
+  if (size <= table_limit) return small_table[(size + 15) >> 4];
+  return class_index_arith(size);
+}
+
+// The smallest power-of-two class holding n bytes (n <= max_small). Its
+// objects are aligned to min(size, page size).
+inline unsigned pow2_class_index(size_t n) { return class_index(std::bit_ceil(n < 16 ? 16 : n)); }
+
+struct size_class {
+  std::atomic<objcache::cache *> cache;  // null until the first allocation
+  slab::zone *zone;                       // set before cache is published
+  uint32_t size;
+  uint32_t align;
+  char name[16];                          // objcache keeps the pointer
+};
+
+extern size_class g_classes[num_classes];
+
+objcache::cache *create_class(unsigned index);  // slow path: NULL + errno
+
+inline objcache::cache *cache_for(unsigned index) {
+  objcache::cache *c = g_classes[index].cache.load(std::memory_order_acquire);
+  return c ? c : create_class(index);
+}
+
+// The class whose zone is z, or nullptr: z is another layer's zone.
+inline size_class *class_of_zone(const slab::zone *z) {
+  // Compared as integers: the tag may point anywhere (another layer's).
+  auto u = reinterpret_cast<uintptr_t>(slab::user(z));
+  auto first = reinterpret_cast<uintptr_t>(&g_classes[0]);
+  if (u < first || u - first >= sizeof g_classes || (u - first) % sizeof(size_class)) return nullptr;
+  auto *c = reinterpret_cast<size_class *>(u);
+  return c->zone == z ? c : nullptr;
+}
+
+}  // namespace sysref::kmalloc
