@@ -77,6 +77,11 @@ bool usable(const block &b) { return b.kind == block::small || b.kind == block::
 
 // A large block or a bad pointer.
 [[gnu::noinline]] void free_other(void *p) {
+  int saved = errno;
+  struct restore {
+    int v;
+    ~restore() { errno = v; }
+  } keep{saved};
   block b = locate(p);
   if (b.kind == block::small) objcache::put(b.cls->cache.load(std::memory_order_relaxed), p);
   else if (b.kind == block::big) large::release(b.rec);
@@ -88,22 +93,21 @@ bool usable(const block &b) { return b.kind == block::small || b.kind == block::
 void *alloc(size_t size, size_t align, int flags) {
   if (__builtin_expect(size <= max_small && align <= 16 && !(flags & SR_ZERO), 1)) {
     objcache::cache *c = g_classes[class_index(size)].cache.load(std::memory_order_acquire);
-    if (__builtin_expect(c != nullptr, 1)) return objcache::get(c, flags & get_flags);
+    if (__builtin_expect(c != nullptr, 1)) return objcache::get_inline(c, flags & get_flags);
   }
   return alloc_other(size, align, flags);
 }
 
 void free(void *p) {
   if (!p) return;
-  int *err = &errno;  // one lookup of the thread's errno for save and restore
-  int saved = *err;
   slab::zone *z = slab::owner_of(p);
   size_class *c = z ? class_of_zone(z) : nullptr;
+  // The fast path touches no errno; the slow paths (objcache::put_slow,
+  // free_other) preserve it themselves, as free must.
   if (__builtin_expect(c && slab::is_object_start(z, p), 1))
-    objcache::put(c->cache.load(std::memory_order_relaxed), p);
+    objcache::put_inline(c->cache.load(std::memory_order_relaxed), p);
   else
     free_other(p);
-  *err = saved;
 }
 
 void *realloc(void *p, size_t size, int flags) {

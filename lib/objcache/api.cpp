@@ -28,13 +28,13 @@ objcache_t *objcache_create(const char *name, size_t size, size_t align,
 
 void *objcache_get(objcache_t *oc, int flags) {
   if (!ok(oc)) return errno = EINVAL, nullptr;
-  return sysref::objcache::get_fast(C(oc), flags);
+  return sysref::objcache::get_inline(C(oc), flags);
 }
 
 void objcache_put(objcache_t *oc, void *obj) {
   if (!ok(oc) || !obj || !belongs(oc, obj))
     return sysref::os::report_error("objcache_put: object not from this cache", ok(oc) ? C(oc)->name : nullptr, obj);
-  sysref::objcache::put_fast(C(oc), obj);
+  sysref::objcache::put_inline(C(oc), obj);
 }
 
 void objcache_dtor(objcache_t *oc, void *obj) {

@@ -145,8 +145,8 @@ uintptr_t as_word(magazine *m) { return reinterpret_cast<uintptr_t>(m); }
 // On success the old previous magazine goes to the depot (lock held).
 bool exchange(cache *c, magazine *m) {
   unsigned cpu = percpu::current_cpu();
-  uintptr_t loaded = percpu::peek(cpu, c->loaded_off()), prev = percpu::peek(cpu, c->prev_off());
-  if (!percpu::compare_store_pair(c->loaded_off(), loaded, prev, as_word(m), loaded)) return false;
+  uintptr_t loaded = percpu::peek(cpu, c->loaded_off), prev = percpu::peek(cpu, c->prev_off());
+  if (!percpu::compare_store_pair(c->loaded_off, loaded, prev, as_word(m), loaded)) return false;
   c->exchanges.fetch_add(1, std::memory_order_relaxed);
   if (prev) depot_give(c, reinterpret_cast<magazine *>(prev));
   return true;
@@ -155,7 +155,7 @@ bool exchange(cache *c, magazine *m) {
 // Moves the loaded magazine's counts to the totals if they near overflow.
 bool fold_if_due(cache *c) {
   uint64_t w;
-  if (!percpu::stack_take_counts(c->loaded_off(), &w)) return false;
+  if (!percpu::stack_take_counts(c->loaded_off, &w)) return false;
   os::guard g(c->dep.lock);  // keeps statistics snapshots consistent
   fold(c, w);
   return true;
@@ -165,9 +165,9 @@ bool fold_if_due(cache *c) {
 
 void *get_slow(cache *c, int flags) {
   for (;;) {
-    if (uintptr_t obj = percpu::stack_pop(c->loaded_off())) return reinterpret_cast<void *>(obj);
+    if (uintptr_t obj = percpu::stack_pop(c->loaded_off)) return reinterpret_cast<void *>(obj);
     if (fold_if_due(c)) continue;
-    if (percpu::stack_swap_if(c->loaded_off(), true)) continue;  // previous has rounds
+    if (percpu::stack_swap_if(c->loaded_off, true)) continue;  // previous has rounds
     depot_acquire(c);
     magazine *reap = reap_if_due(c, os::coarse_now_ns());
     magazine *full = depot_take_full(c);
@@ -191,10 +191,17 @@ void *get_slow(cache *c, int flags) {
 }
 
 void put_slow(cache *c, void *obj) {
+  // A put may end in munmap (slabs going back to the OS): callers such as
+  // free() must see errno unchanged.
+  int saved = errno;
+  struct restore {
+    int v;
+    ~restore() { errno = v; }
+  } keep{saved};
   for (;;) {
     if (c->waiters.load(std::memory_order_relaxed)) break;  // hand room to a waiting get
-    if (percpu::stack_push(c->loaded_off(), reinterpret_cast<uintptr_t>(obj))) return;
-    if (percpu::stack_swap_if(c->loaded_off(), false)) continue;  // previous has room
+    if (percpu::stack_push(c->loaded_off, reinterpret_cast<uintptr_t>(obj))) return;
+    if (percpu::stack_swap_if(c->loaded_off, false)) continue;  // previous has room
     depot_acquire(c);
     magazine *reap = reap_if_due(c, os::coarse_now_ns());
     magazine *empty = depot_take_empty(c);
@@ -245,6 +252,7 @@ cache *create(const params &p) {
   c->limit = p.limit;
   c->internal = p.internal;
   c->slot = static_cast<size_t>(slot);
+  c->loaded_off = c->slot + 16;
   c->dep.interval_start = os::coarse_now_ns();
   c->mag_index.store(initial_mag_index(c->objsize), std::memory_order_relaxed);
   registry_add(c);
@@ -262,7 +270,7 @@ void destroy(cache *c) {
     chain = m;
   };
   for (unsigned cpu = 0; cpu < percpu::ncpus(); ++cpu) {
-    take(reinterpret_cast<magazine *>(percpu::peek(cpu, c->loaded_off())));
+    take(reinterpret_cast<magazine *>(percpu::peek(cpu, c->loaded_off)));
     take(reinterpret_cast<magazine *>(percpu::peek(cpu, c->prev_off())));
   }
   depot_acquire(c);
@@ -278,7 +286,7 @@ void destroy(cache *c) {
 
 slab::zone *zone_of(const cache *c) { return c->zone; }
 size_t object_size(const cache *c) { return c->objsize; }
-void *get(cache *c, int flags) { return get_fast(c, flags); }
-void put(cache *c, void *obj) { put_fast(c, obj); }
+void *get(cache *c, int flags) { return get_inline(c, flags); }
+void put(cache *c, void *obj) { put_inline(c, obj); }
 
 }  // namespace sysref::objcache

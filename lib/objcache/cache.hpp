@@ -22,7 +22,7 @@ struct depot {
   uint64_t waits_this_interval = 0;   // lock acquisitions that had to wait
 };
 
-struct cache {
+struct cache : cache_head {  // the head first: objcache.hpp reads it inline
   uint64_t magic;
   char name[32];
   slab::zone *zone;
@@ -33,7 +33,6 @@ struct cache {
   size_t limit;
   bool internal;
   size_t slot;                        // per-CPU: loaded magazine at +16, previous at +24
-  std::atomic<uint32_t> waiters;      // gets sleeping at the limit
   std::atomic<uint32_t> limit_seq;    // futex word: bumped when an object is destroyed
   std::atomic<uint64_t> existing;     // constructed objects, live or cached (the limit)
   std::atomic<unsigned> mag_index;    // size of new magazines: mag_sizes[mag_index]
@@ -43,12 +42,8 @@ struct cache {
   std::atomic<uint64_t> exchanges, contention, resizes, ctor_failures, limit_waits;
   cache *next_cache;                  // the registry (reclaim_all, the reap thread)
 
-  size_t loaded_off() const { return slot + 16; }
-  size_t prev_off() const { return slot + 24; }
+  size_t prev_off() const { return loaded_off + 8; }
 };
-
-void *get_slow(cache *c, int flags);
-void put_slow(cache *c, void *obj);
 
 // Depot (depot.cpp): called with c->dep.lock held unless said otherwise.
 void depot_acquire(cache *c);  // counts contention
@@ -64,19 +59,5 @@ void destruct(cache *c, void *obj);  // dtor, back to the slab, limit accounting
 
 void registry_add(cache *c);
 void registry_remove(cache *c);
-
-SR_RSEQ_FN void *get_fast(cache *c, int flags) {
-  if (uintptr_t obj = percpu::stack_pop(c->loaded_off()); __builtin_expect(obj != 0, 1))
-    return reinterpret_cast<void *>(obj);
-  return get_slow(c, flags);
-}
-
-SR_RSEQ_FN void put_fast(cache *c, void *obj) {
-  // Someone sleeps at the limit: this object must be destroyed, not cached.
-  if (__builtin_expect(c->waiters.load(std::memory_order_relaxed) == 0, 1) &&
-      __builtin_expect(percpu::stack_push(c->loaded_off(), reinterpret_cast<uintptr_t>(obj)), 1))
-    return;
-  put_slow(c, obj);
-}
 
 }  // namespace sysref::objcache

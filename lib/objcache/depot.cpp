@@ -159,9 +159,9 @@ size_t reclaim(cache *c) {
   c->dep.min_full = c->dep.min_empty = 0;
   for (;;) {
     unsigned cpu = percpu::current_cpu();
-    uintptr_t loaded = percpu::peek(cpu, c->loaded_off()), prev = percpu::peek(cpu, c->prev_off());
+    uintptr_t loaded = percpu::peek(cpu, c->loaded_off), prev = percpu::peek(cpu, c->prev_off());
     if (!loaded && !prev) break;
-    if (!percpu::compare_store_pair(c->loaded_off(), loaded, prev, 0, 0)) continue;
+    if (!percpu::compare_store_pair(c->loaded_off, loaded, prev, 0, 0)) continue;
     for (uintptr_t m : {loaded, prev})
       if (m) {
         reinterpret_cast<magazine *>(m)->next = chain;
@@ -207,7 +207,7 @@ int stats(cache *c, struct objcache_stats *out) {
     // freed, so the slot magazines read here stay valid while we read them.
     os::guard g(c->dep.lock);
     for (unsigned cpu = 0; cpu < percpu::ncpus(); ++cpu)
-      for (size_t off : {c->loaded_off(), c->prev_off()})
+      for (size_t off : {c->loaded_off, c->prev_off()})
         if (auto *m = reinterpret_cast<magazine *>(percpu::peek(cpu, off))) {
           uint64_t w = word_of(m);
           gets += gets_of(w);

@@ -6,10 +6,16 @@
 
 #include <sysref/objcache.h>
 
+#include "../percpu/percpu.hpp"
 #include "../slab/slab.hpp"
 
 namespace sysref::objcache {
 
+// The start of every cache: what the inline fast paths below need.
+struct cache_head {
+  size_t loaded_off;              // per-CPU slot word of the loaded magazine (previous: +8)
+  std::atomic<uint32_t> waiters;  // gets sleeping at the object limit
+};
 struct cache;
 
 using ctor_fn = int (*)(void *obj, void *priv, int flags);
@@ -37,5 +43,27 @@ int stats(cache *c, struct objcache_stats *out);
 
 slab::zone *zone_of(const cache *c);  // where the cache's objects live
 size_t object_size(const cache *c);
+
+void *get_slow(cache *c, int flags);
+void put_slow(cache *c, void *obj);
+
+// get and put, inline for the layers above: one restartable sequence on the
+// loaded magazine. obj must belong to the cache (callers check; see
+// slab::holds).
+SR_RSEQ_FN void *get_inline(cache *c, int flags) {
+  auto *h = reinterpret_cast<cache_head *>(c);
+  if (uintptr_t obj = percpu::stack_pop(h->loaded_off); __builtin_expect(obj != 0, 1))
+    return reinterpret_cast<void *>(obj);
+  return get_slow(c, flags);
+}
+
+SR_RSEQ_FN void put_inline(cache *c, void *obj) {
+  auto *h = reinterpret_cast<cache_head *>(c);
+  // Someone sleeps at the limit: this object must be destroyed, not cached.
+  if (__builtin_expect(h->waiters.load(std::memory_order_relaxed) == 0, 1) &&
+      __builtin_expect(percpu::stack_push(h->loaded_off, reinterpret_cast<uintptr_t>(obj)), 1))
+    return;
+  put_slow(c, obj);
+}
 
 }  // namespace sysref::objcache

@@ -216,7 +216,7 @@ void bad_free(zone *z, void *ptr, const char *what) {
 
 void free_slow(zone *z, uintptr_t p) {
   slab *s = slab_of(z, p);
-  if (pagemap::get(p) != s || s->owner != z)
+  if (pagemap::get(p) != z)
     return bad_free(z, reinterpret_cast<void *>(p), "kfree_obj: pointer not from zone");
   uintptr_t *o = words(p);
   if (o[1] == z->marker(p))

@@ -22,11 +22,6 @@ struct geometry {
 };
 
 struct zone;
-// The start of every slab header.
-struct slab_head {
-  uint64_t magic;
-  zone *owner;
-};
 
 inline const geometry &geometry_of(const zone *z) { return *reinterpret_cast<const geometry *>(z); }
 
@@ -61,8 +56,8 @@ int stats(zone *z, kmalloc_zone_stats *out);
 // (it reads only the page map and the slab header, never p itself).
 inline zone *owner_of(const void *p) {
   auto v = reinterpret_cast<uintptr_t>(pagemap::get(reinterpret_cast<uintptr_t>(p)));
-  if (!v || (v & pagemap::foreign_owner_bit)) return nullptr;
-  return reinterpret_cast<const slab_head *>(v)->owner;
+  if (v & pagemap::foreign_owner_bit) return nullptr;
+  return reinterpret_cast<zone *>(v);  // slabs are registered under their zone
 }
 // Whether p is the start of an object in z's slab layout (arithmetic only).
 inline bool is_object_start(const zone *z, const void *p) {

@@ -109,7 +109,7 @@ slab *map_slab(zone *z) {
   if (!mem) return nullptr;
   auto *s = static_cast<slab *>(mem);
   init_slab(z, s, false);
-  if (pagemap::set(base_of(s), z->slab_size, s) != 0) {
+  if (pagemap::set(base_of(s), z->slab_size, z) != 0) {
     os::unmap(mem, z->slab_size, z->mapped_as);
     return nullptr;
   }
@@ -177,7 +177,7 @@ int reserve(zone *z, void *mem, size_t len) {
   size_t count = (end - start) / z->slab_size;
   for (size_t i = 0; i < count; ++i) {
     uintptr_t base = start + i * z->slab_size;
-    if (int err = pagemap::set(base, z->slab_size, reinterpret_cast<void *>(base))) {
+    if (int err = pagemap::set(base, z->slab_size, z)) {
       pagemap::clear(start, i * z->slab_size);
       return -err;
     }

@@ -31,7 +31,9 @@ inline constexpr uintptr_t detached_bit = 1;
 
 enum class where : uint8_t { active, partial, full, spare, reserve };
 
-struct slab : slab_head {
+struct slab {
+  uint64_t magic;
+  zone *owner;
   std::atomic<uintptr_t> remote;
   uintptr_t free;  // list ending at the slab base
   uint32_t nfree;  // objects on `free` plus never-used tail objects
