@@ -22,28 +22,14 @@ constexpr size_t granule = pagemap::granule;
 // the rounding below from overflowing.
 constexpr size_t max_bytes = size_t{1} << 46;
 
-constinit std::atomic<slab::zone *> g_records{nullptr};
-constinit os::lock g_records_init;
+constinit slab::lazy_zone g_records{{}, "kmalloc.large", sizeof(record), 0};  // metadata
 
 struct atomic_counters {
   std::atomic<uint64_t> allocs, frees, mapped, unmapped;
 };
 constinit atomic_counters g_count{};
 
-slab::zone *records() {
-  slab::zone *z = g_records.load(std::memory_order_acquire);
-  if (z) return z;
-  os::guard g(g_records_init);
-  z = g_records.load(std::memory_order_relaxed);
-  if (!z) {
-    z = slab::zone_create("kmalloc.large", sizeof(record), 0, 0);
-    if (!z) return nullptr;
-    // Bookkeeping, not data: counted as metadata, no spare slabs.
-    slab::mark_internal(z);
-    g_records.store(z, std::memory_order_release);
-  }
-  return z;
-}
+slab::zone *records() { return g_records.get(); }
 
 void *tagged(record *r) { return reinterpret_cast<void *>(reinterpret_cast<uintptr_t>(r) | pagemap::foreign_owner_bit); }
 
@@ -97,7 +83,7 @@ void release(record *r) {
   // Out of the page map first: from here on the range is nobody's.
   pagemap::clear(start, len);
   os::unmap(reinterpret_cast<void *>(start), len, os::use::data);
-  slab::free(g_records.load(std::memory_order_relaxed), r);
+  slab::free(g_records.get(), r);
   g_count.frees.fetch_add(1, std::memory_order_relaxed);
   g_count.unmapped.fetch_add(len, std::memory_order_relaxed);
 }

@@ -54,22 +54,8 @@
 namespace sysref::objcache {
 namespace {
 
-constinit std::atomic<slab::zone *> g_cache_zone{nullptr};
-constinit os::lock g_cache_zone_lock;
-
-slab::zone *cache_zone() {
-  slab::zone *z = g_cache_zone.load(std::memory_order_acquire);
-  if (z) return z;
-  os::guard g(g_cache_zone_lock);
-  z = g_cache_zone.load(std::memory_order_relaxed);
-  if (!z) {
-    z = slab::zone_create("sysref.caches", sizeof(cache), 64, 0);
-    if (!z) return nullptr;
-    slab::mark_internal(z);
-    g_cache_zone.store(z, std::memory_order_release);
-  }
-  return z;
-}
+constinit slab::lazy_zone g_caches{{}, "sysref.caches", sizeof(cache), 64};
+slab::zone *cache_zone() { return g_caches.get(); }
 
 // Admits one more object under the limit; false when at it.
 bool admit(cache *c) {

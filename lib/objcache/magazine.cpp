@@ -10,28 +10,18 @@
 namespace sysref::objcache {
 namespace {
 
-constinit std::atomic<slab::zone *> g_zones[mag_size_count] = {};
-constinit os::lock g_zones_lock;
+constexpr size_t bytes_for(unsigned index) { return sizeof(magazine) + mag_sizes[index] * sizeof(void *); }
 
-slab::zone *zone_for(unsigned index) {
-  slab::zone *z = g_zones[index].load(std::memory_order_acquire);
-  if (z) return z;
-  os::guard g(g_zones_lock);
-  z = g_zones[index].load(std::memory_order_relaxed);
-  if (!z) {
-    z = slab::zone_create("sysref.magazines", sizeof(magazine) + mag_sizes[index] * sizeof(void *),
-                          64, 0);
-    if (!z) return nullptr;
-    slab::mark_internal(z);
-    g_zones[index].store(z, std::memory_order_release);
-  }
-  return z;
-}
+constinit slab::lazy_zone g_zones[mag_size_count] = {
+    {{}, "sysref.magazines", bytes_for(0), 64}, {{}, "sysref.magazines", bytes_for(1), 64},
+    {{}, "sysref.magazines", bytes_for(2), 64}, {{}, "sysref.magazines", bytes_for(3), 64},
+    {{}, "sysref.magazines", bytes_for(4), 64}};
+static_assert(mag_size_count == 5, "one lazy zone per magazine size");
 
 }  // namespace
 
 magazine *mag_alloc(unsigned index, int flags) {
-  slab::zone *z = zone_for(index);
+  slab::zone *z = g_zones[index].get();
   if (!z) return nullptr;
   auto *m = static_cast<magazine *>(slab::alloc(z, flags & (SR_NOWAIT | SR_USE_RESERVE)));
   if (!m) return nullptr;
@@ -42,7 +32,7 @@ magazine *mag_alloc(unsigned index, int flags) {
   return m;
 }
 
-void mag_free(magazine *m) { slab::free(g_zones[m->size_index].load(std::memory_order_relaxed), m); }
+void mag_free(magazine *m) { slab::free(g_zones[m->size_index].get(), m); }
 
 size_t mag_bytes(const magazine *m) { return sizeof(magazine) + m->capacity * sizeof(void *); }
 

@@ -183,17 +183,21 @@ abort:
 // a push word + push_delta (count + 1, lo + 1): one 8-byte store each. A pop
 // refuses (mismatch) once the word reaches limit, so the slow path can fold
 // the counters before they overflow.
+// rcx = the slot's stack (none: mismatch), rdx = its word, r8d = its count.
+#define SR_STACK_LOAD                                     \
+  "movq (%%rax), %%rcx\n\t"                               \
+  "testq %%rcx, %%rcx\n\t"                                \
+  "jz %l[mismatch_]\n\t"                                  \
+  "movq (%%rcx), %%rdx\n\t"                               \
+  "movl %%edx, %%r8d\n\t"                                 \
+  "andl $1023, %%r8d\n\t"
+
 // Returns the popped item, or 0 (mismatch: no stack, empty, or at limit).
 // Aborts rerun the section.
 SR_RSEQ_FN uintptr_t stack_pop(ptrdiff_t roff, uintptr_t base, uint64_t limit, uint64_t pop_delta) {
   uintptr_t item;
   asm goto(SR_RSEQ_PROLOGUE
-           "movq (%%rax), %%rcx\n\t"
-           "testq %%rcx, %%rcx\n\t"
-           "jz %l[mismatch_]\n\t"
-           "movq (%%rcx), %%rdx\n\t"
-           "movl %%edx, %%r8d\n\t"
-           "andl $1023, %%r8d\n\t"
+           SR_STACK_LOAD
            "jz %l[mismatch_]\n\t"
            "cmpq %[limit], %%rdx\n\t"
            "jae %l[mismatch_]\n\t"
@@ -213,12 +217,7 @@ mismatch_:
 // Pushes obj unless there is no stack or it is full (false). Aborts rerun.
 SR_RSEQ_FN bool stack_push(ptrdiff_t roff, uintptr_t base, uint64_t push_delta, uintptr_t obj) {
   asm goto(SR_RSEQ_PROLOGUE
-           "movq (%%rax), %%rcx\n\t"
-           "testq %%rcx, %%rcx\n\t"
-           "jz %l[mismatch_]\n\t"
-           "movq (%%rcx), %%rdx\n\t"
-           "movl %%edx, %%r8d\n\t"
-           "andl $1023, %%r8d\n\t"
+           SR_STACK_LOAD
            "cmpl 8(%%rcx), %%r8d\n\t"
            "jae %l[mismatch_]\n\t"
            "movq %[obj], 24(%%rcx,%%r8,8)\n\t"
@@ -317,5 +316,6 @@ abort:
 #undef SR_RSEQ_EPILOGUE
 #undef SR_RSEQ_EPILOGUE_RETRY
 #undef SR_RSEQ_COMMIT_PAIR
+#undef SR_STACK_LOAD
 
 }  // namespace sysref::percpu::rseq_x86

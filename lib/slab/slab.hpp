@@ -4,6 +4,7 @@
 // registered reserves. This header is the layer's interface.
 #pragma once
 #include <cstddef>
+#include <atomic>
 #include <cstdint>
 
 #include <sysref/kmalloc_obj.h>
@@ -44,6 +45,19 @@ void zone_destroy(zone *z);
 // The library's own zones (magazines, cache structures): their pages count
 // as metadata, and they keep no spare slabs.
 void mark_internal(zone *z);
+
+// An internal zone made on first use: `made` holds it once made (thread-safe;
+// no static constructors, so it works before the program's constructors run).
+struct lazy_zone {
+  std::atomic<zone *> made{nullptr};
+  const char *name;
+  size_t objsize, align;
+  zone *get() {
+    zone *z = made.load(std::memory_order_acquire);
+    return z ? z : make();
+  }
+  zone *make();  // nullptr + errno if it cannot be made
+};
 void *alloc(zone *z, int flags);
 void free(zone *z, void *obj);
 int reserve(zone *z, void *mem, size_t len);

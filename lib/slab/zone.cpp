@@ -221,6 +221,17 @@ void mark_internal(zone *z) {
   z->spare_low = z->spare_high = 0;
 }
 
+zone *lazy_zone::make() {
+  static constinit os::lock making;
+  os::guard g(making);
+  zone *z = made.load(std::memory_order_relaxed);
+  if (!z && (z = zone_create(name, objsize, align, 0)) != nullptr) {
+    mark_internal(z);
+    made.store(z, std::memory_order_release);
+  }
+  return z;
+}
+
 size_t slab_size(const zone *z) { return z->slab_size; }
 size_t object_size(const zone *z) { return z->objsize; }
 
