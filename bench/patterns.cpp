@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <utility>
 
 namespace sysref_bench {
 
@@ -115,28 +116,125 @@ double run_batch(const Allocator &a, std::size_t size, std::uint64_t n)
 	return ns_between(t0, Clock::now());
 }
 
+namespace {
+
+std::uint64_t splitmix64(std::uint64_t &state)
+{
+	std::uint64_t z = (state += 0x9e3779b97f4a7c15ULL);
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+	return z ^ (z >> 31);
+}
+
+// Uniform in [lo, hi]; the modulo bias (< 2^-50 here) does not matter.
+std::uint32_t draw(std::uint64_t &state, std::uint32_t lo, std::uint32_t hi)
+{
+	return lo + static_cast<std::uint32_t>(splitmix64(state) % (hi - lo + 1));
+}
+
+} // namespace
+
+MixedPlan make_mixed_plan(std::uint64_t seed)
+{
+	struct Band {
+		unsigned percent;
+		std::uint32_t lo, hi;
+	};
+	static constexpr Band bands[] = {
+		{50, 8, 64}, {30, 65, 256}, {15, 257, 1024}, {5, 1025, 4096}};
+	MixedPlan plan;
+	std::uint64_t st = seed;
+	for (std::uint64_t i = 0; i < kMixedRounds * kBatch; i++) {
+		unsigned pick = draw(st, 0, 99);
+		const Band *b = bands;
+		while (pick >= b->percent) {
+			pick -= b->percent;
+			b++;
+		}
+		plan.sizes.push_back(draw(st, b->lo, b->hi));
+	}
+	for (std::uint64_t r = 0; r < kMixedRounds; r++) {
+		std::uint8_t perm[kBatch];
+		for (std::uint64_t j = 0; j < kBatch; j++)
+			perm[j] = static_cast<std::uint8_t>(j);
+		for (std::uint64_t j = kBatch - 1; j > 0; j--) // Fisher-Yates
+			std::swap(perm[j], perm[draw(st, 0, static_cast<std::uint32_t>(j))]);
+		plan.order.insert(plan.order.end(), perm, perm + kBatch);
+	}
+	return plan;
+}
+
+double MixedPlan::mean_size() const
+{
+	double sum = 0;
+	for (const std::uint32_t s : sizes)
+		sum += s;
+	return sizes.empty() ? 0 : sum / static_cast<double>(sizes.size());
+}
+
+double MixedPlan::share_at_most(std::uint32_t bytes) const
+{
+	const auto k = std::count_if(sizes.begin(), sizes.end(),
+	                             [bytes](std::uint32_t s) { return s <= bytes; });
+	return sizes.empty() ? 0 : static_cast<double>(k) / static_cast<double>(sizes.size());
+}
+
+double run_mixed(const Allocator &a, const MixedPlan &plan, std::uint64_t n)
+{
+	const alloc_fn af = a.alloc;
+	const free_fn ff = a.free;
+	void *const ctx = a.ctx;
+	const std::uint32_t *const sizes = plan.sizes.data();
+	const std::uint8_t *const order = plan.order.data();
+	const std::uint64_t rounds = plan.sizes.size() / kBatch;
+	void *ptrs[kBatch];
+	std::uint64_t r = 0;
+	const auto t0 = Clock::now();
+	for (std::uint64_t b = 0; b < n / kBatch; b++) {
+		const std::uint32_t *sz = sizes + r * kBatch;
+		const std::uint8_t *ord = order + r * kBatch;
+		for (std::uint64_t j = 0; j < kBatch; j++) {
+			ptrs[j] = checked(af(ctx, sz[j]), a);
+			touch(ptrs[j], j);
+		}
+		for (std::uint64_t j = 0; j < kBatch; j++) {
+			const std::uint8_t k = ord[j];
+			ff(ctx, ptrs[k], sz[k]);
+		}
+		if (++r == rounds)
+			r = 0;
+	}
+	return ns_between(t0, Clock::now());
+}
+
+constexpr std::size_t kPublish = 32;
 void SpscRing::push(void *p)
 {
-	const std::size_t h = head_.load(std::memory_order_relaxed);
-	while (h - tail_seen_ == kSlots) {
+	const std::size_t h = head_local_;
+	while (h - tail_seen_ >= kSlots) {
 		tail_seen_ = tail_.load(std::memory_order_acquire);
-		if (h - tail_seen_ == kSlots)
+		if (h - tail_seen_ >= kSlots)
 			cpu_relax();
 	}
 	slots_[h & (kSlots - 1)] = p;
-	head_.store(h + 1, std::memory_order_release);
+	head_local_ = h + 1;
+	if (head_local_ % kPublish == 0)
+		head_.store(head_local_, std::memory_order_release);
 }
+void SpscRing::flush() { head_.store(head_local_, std::memory_order_release); }
 
 void *SpscRing::pop()
 {
-	const std::size_t t = tail_.load(std::memory_order_relaxed);
+	const std::size_t t = tail_local_;
 	while (t == head_seen_) {
 		head_seen_ = head_.load(std::memory_order_acquire);
 		if (t == head_seen_)
 			cpu_relax();
 	}
 	void *p = slots_[t & (kSlots - 1)];
-	tail_.store(t + 1, std::memory_order_release);
+	tail_local_ = t + 1;
+	if (tail_local_ % kPublish == 0)
+		tail_.store(tail_local_, std::memory_order_release);
 	return p;
 }
 
@@ -211,6 +309,7 @@ void CrossRig::worker(bool producer, int cpu)
 				touch(p, i);
 				ring_.push(p);
 			}
+			ring_.flush();
 		} else {
 			for (std::uint64_t i = 0; i < n_; i++)
 				ff(ctx, ring_.pop(), size_);

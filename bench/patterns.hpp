@@ -29,6 +29,28 @@ long minflt_now();
 double run_single(const Allocator &a, std::size_t size, std::uint64_t n);
 double run_batch(const Allocator &a, std::size_t size, std::uint64_t n);
 
+// mixed pattern: a fixed pseudo-random sequence of sizes, replayed
+// identically for every allocator. Sizes are drawn from four bands, uniform
+// within each: 50% 8..64, 30% 65..256, 15% 257..1024, 5% 1025..4096 (80% of
+// them <= 256 B). Each round allocates kBatch objects, then frees them in
+// that round's own shuffled order. The plan is generated once, with
+// splitmix64 from a fixed seed, so it does not depend on the standard
+// library's distributions either.
+inline constexpr std::uint64_t kMixedSeed = 0x5eed0f5172e5ULL;
+inline constexpr std::uint64_t kMixedRounds = 256; // rounds before it repeats
+
+struct MixedPlan {
+	std::vector<std::uint32_t> sizes; // kMixedRounds * kBatch, round-major
+	std::vector<std::uint8_t> order;  // per round, a permutation of 0..kBatch-1
+	double mean_size() const;
+	double share_at_most(std::uint32_t bytes) const; // fraction of sizes <= bytes
+};
+MixedPlan make_mixed_plan(std::uint64_t seed = kMixedSeed);
+
+// n pairs (a multiple of kBatch) of the plan, cycling through its rounds;
+// each object is allocated, touched, and freed with the size it was asked.
+double run_mixed(const Allocator &a, const MixedPlan &plan, std::uint64_t n);
+
 // Bounded single-producer single-consumer ring of pointers. Each side keeps
 // a private copy of the other's index and rereads the shared one only when
 // the copy says full/empty, so the index lines bounce once per burst.
@@ -36,13 +58,16 @@ class SpscRing {
 public:
 	void push(void *p);
 	void *pop();
+	void flush();
 
 private:
 	static constexpr std::size_t kSlots = 1024; // power of two
 	alignas(64) std::atomic<std::size_t> head_{0}; // producer's line
 	std::size_t tail_seen_ = 0;
+	std::size_t head_local_ = 0;
 	alignas(64) std::atomic<std::size_t> tail_{0}; // consumer's line
 	std::size_t head_seen_ = 0;
+	std::size_t tail_local_ = 0;
 	alignas(64) void *slots_[kSlots] = {};
 };
 

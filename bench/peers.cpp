@@ -6,6 +6,7 @@
 
 #include <dlfcn.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 
@@ -140,7 +141,25 @@ Allocator make_plain(const char *name, const char *lib, const char *alloc_sym,
 	return a;
 }
 
+struct FloorPool {
+	alignas(64) unsigned char slot[4096][64];
+	std::uint64_t next;
+};
+FloorPool floor_pool;
+
+void *floor_alloc(void *ctx, std::size_t)
+{
+	auto *f = static_cast<FloorPool *>(ctx);
+	return f->slot[f->next++ % 4096];
+}
+void floor_free(void *, void *, std::size_t) {}
+
 } // namespace
+
+Allocator make_floor()
+{
+	return {"floor", Kind::baseline, floor_alloc, floor_free, &floor_pool, {}};
+}
 
 std::vector<Allocator> load_peers()
 {

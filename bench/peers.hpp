@@ -42,6 +42,15 @@ const char *kind_name(Kind k);
 // thread caches and TLS destructors that must outlive every thread.
 std::vector<Allocator> load_peers();
 
+// The no-allocation floor (Kind::baseline): hands out 64-byte slots of a
+// static 256 KiB array round-robin and frees nothing, so a pattern run with
+// it costs the loop, the indirect calls, the touch and (in cross) the ring
+// hand-over, without any allocator work. Patterns touch only an object's
+// first byte, so 64-byte slots serve any size. More slots (4096) than ring
+// entries, so the cross producer never writes a slot still queued. One
+// producer thread at a time.
+Allocator make_floor();
+
 } // namespace sysref_bench
 
 #endif
