@@ -198,25 +198,48 @@ void registry_remove(cache *c) {
     }
 }
 
+namespace {
+
+// A CPU's {loaded, previous} pair as of one moment: swaps rewrite both
+// together, so read until two readings agree.
+void slot_pair(cache *c, unsigned cpu, magazine *pair[2]) {
+  uintptr_t a, b;
+  do {
+    a = percpu::peek(cpu, c->loaded_off);
+    b = percpu::peek(cpu, c->prev_off());
+  } while (a != percpu::peek(cpu, c->loaded_off) || b != percpu::peek(cpu, c->prev_off()));
+  pair[0] = reinterpret_cast<magazine *>(a);
+  pair[1] = reinterpret_cast<magazine *>(b);
+}
+
+// Sums one of the magazine counters over every CPU's slot magazines.
+template <class Field>
+uint64_t sum_slots(cache *c, Field field) {
+  uint64_t total = 0;
+  for (unsigned cpu = 0; cpu < percpu::ncpus(); ++cpu) {
+    magazine *pair[2];
+    slot_pair(c, cpu, pair);
+    for (magazine *m : pair)
+      if (m) total += field(word_of(m));
+  }
+  return total;
+}
+
+}  // namespace
+
 int stats(cache *c, struct objcache_stats *out) {
   if (!c || c->magic != cache_magic || !out) return -EINVAL;
   *out = {};
   uint64_t gets = 0, puts = 0, cached = 0;
   {
-    // Under the depot lock no magazine leaves a slot for the depot or is
-    // freed, so the slot magazines read here stay valid while we read them.
+    // Under the depot lock no magazine enters or leaves a slot (only loaded
+    // and previous swap) and none is freed, so reading them is safe. Every
+    // put follows its get and counts only grow: reading all puts before all
+    // gets keeps the snapshot's live count from going below zero.
     os::guard g(c->dep.lock);
-    for (unsigned cpu = 0; cpu < percpu::ncpus(); ++cpu)
-      for (size_t off : {c->loaded_off, c->prev_off()})
-        if (auto *m = reinterpret_cast<magazine *>(percpu::peek(cpu, off))) {
-          uint64_t w = word_of(m);
-          gets += gets_of(w);
-          puts += puts_of(w);
-          cached += rounds_of(w);
-        }
-    gets += c->gets.load(std::memory_order_relaxed);
-    puts += c->puts.load(std::memory_order_relaxed);
-    cached += c->dep.full_rounds;
+    puts = c->puts.load(std::memory_order_acquire) + sum_slots(c, puts_of);
+    gets = sum_slots(c, gets_of) + c->gets.load(std::memory_order_acquire);
+    cached = sum_slots(c, rounds_of) + c->dep.full_rounds;
     out->depot_full = c->dep.nfull;
     out->depot_empty = c->dep.nempty;
   }
