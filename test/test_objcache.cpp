@@ -166,7 +166,7 @@ Test(objcache, limit_nowait_and_waitok) {
 }
 
 Test(objcache, reclaim_gives_memory_back) {
-  pin(0);  // reclaim takes the depot and this CPU's magazines
+  pin(0);
   objcache_t *oc = objcache_create("t.reclaim", 256, 0, nullptr, nullptr, nullptr, 0, 0);
   std::vector<void *> v;
   for (int i = 0; i < 20000; ++i) v.push_back(objcache_get(oc, 0));
@@ -361,5 +361,54 @@ Test(objcache, background_reaper_returns_an_idle_burst, .init = reaper_on) {
   cr_expect_eq(s.depot_full, 0u, "two idle intervals reap every full depot magazine");
   cr_expect_gt(s.reaped, 2500u);
   cr_expect_eq(s.dtor_calls, s.reaped);
+  objcache_destroy(oc);
+}
+
+// Objects a thread put back on CPU 1 before it exited are cached in CPU 1's
+// magazines. Reclaim from CPU 0 must take them too.
+Test(objcache, reclaim_takes_other_cpus_magazines) {
+  if (std::thread::hardware_concurrency() < 2) cr_skip_test("needs two CPUs");
+  objcache_t *oc = widgets();
+  std::thread t([&] {
+    pin(1);
+    std::vector<void *> v;
+    for (int i = 0; i < 50; ++i) v.push_back(objcache_get(oc, 0));  // fits CPU 1's magazines
+    for (void *p : v) objcache_put(oc, p);
+  });
+  t.join();
+  pin(0);
+  cr_assert_eq(stats_of(oc).cached, 50u);
+  objcache_reclaim(oc);
+  struct objcache_stats s = stats_of(oc);
+  cr_expect_eq(s.cached, 0u, "nothing stays cached on the other CPU");
+  cr_expect_eq(s.dtor_calls, s.ctor_calls);
+  objcache_destroy(oc);
+}
+
+// At the limit, with every object cached on a CPU whose thread is gone, a
+// get must find them rather than fail (SR_NOWAIT) or sleep forever.
+Test(objcache, limit_reaches_objects_stranded_on_another_cpu) {
+  if (std::thread::hardware_concurrency() < 2) cr_skip_test("needs two CPUs");
+  objcache_t *oc = widgets(8);
+  std::thread t([&] {
+    pin(1);
+    void *v[8];
+    for (auto &p : v) p = objcache_get(oc, 0);
+    for (auto *p : v) objcache_put(oc, p);
+  });
+  t.join();
+  pin(0);
+  std::vector<void *> got;
+  for (int i = 0; i < 8; ++i) {
+    void *p = objcache_get(oc, SR_NOWAIT);
+    cr_assert_not_null(p, "object %d: the limit counts cached objects, and they are reachable", i);
+    got.push_back(p);
+  }
+  errno = 0;
+  cr_expect_null(objcache_get(oc, SR_NOWAIT), "and the ninth is refused");
+  cr_expect_eq(errno, ENOMEM);
+  struct objcache_stats s = stats_of(oc);
+  cr_expect_eq(s.ctor_calls, 8u, "no object beyond the limit was made");
+  for (void *p : got) objcache_put(oc, p);
   objcache_destroy(oc);
 }

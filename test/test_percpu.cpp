@@ -10,6 +10,7 @@
 #include <sched.h>
 #include <sysref/percpu.h>
 #include <thread>
+#include <unistd.h>
 #include <vector>
 
 #include "os/os.hpp"
@@ -284,5 +285,58 @@ Test(percpu, take_counts_moves_only_the_counters) {
     cr_expect_eq(out, percpu::stack_fold_limit + (uint64_t{7} << percpu::stack_lo_shift) + 3);
     cr_expect_eq(s.word, 3u, "the count stays, the counters leave");
   }
+  percpu::slot_free(slot);
+}
+
+// take_pair from another CPU while a thread there pops, pushes and swaps the
+// pair all the time: the taker gets both stacks, the CPU's slot is left
+// empty, and once take_pair returns no critical section touches them again.
+Test(percpu, take_pair_from_a_busy_cpu) {
+  if (std::thread::hardware_concurrency() < 2) cr_skip_test("needs two CPUs");
+  cr_assert(percpu::ensure_init());
+  size_t slot = static_cast<size_t>(percpu::slot_alloc());
+  const size_t pair_at = slot + 16;
+  struct stack {
+    uint64_t word;
+    uint32_t capacity, pad;
+    uint64_t link;
+    uintptr_t items[8];
+  } a{}, b{};
+  a.capacity = b.capacity = 8;
+  for (uintptr_t i = 0; i < 4; ++i) a.items[i] = b.items[i] = 0x100 + i;
+  a.word = b.word = 4;
+  std::atomic<bool> installed{false}, stop{false};
+  std::atomic<long> ops{0};
+  std::thread busy([&] {
+    move_to(1);
+    while (!percpu::compare_store_pair(pair_at, 0, 0, reinterpret_cast<uintptr_t>(&a),
+                                       reinterpret_cast<uintptr_t>(&b)))
+      move_to(1);
+    installed.store(true);
+    while (!stop.load(std::memory_order_relaxed)) {
+      if (uintptr_t t = percpu::stack_pop(pair_at)) {
+        while (!percpu::stack_push(pair_at, t) && !stop.load(std::memory_order_relaxed)) {
+          if (percpu::peek(1, pair_at) == 0) break;  // taken: the token stays with us
+        }
+      }
+      percpu::stack_swap_if(pair_at, true);
+      ops.fetch_add(1, std::memory_order_relaxed);
+    }
+  });
+  while (!installed.load()) sched_yield();
+  while (ops.load() < 100000) sched_yield();
+  move_to(0);
+  uintptr_t pair[2] = {};
+  cr_assert(percpu::take_pair(1, pair_at, pair), "the busy CPU's pair is taken");
+  auto as_set = [&](uintptr_t x) { return x == reinterpret_cast<uintptr_t>(&a) || x == reinterpret_cast<uintptr_t>(&b); };
+  cr_expect(as_set(pair[0]) && as_set(pair[1]) && pair[0] != pair[1], "both stacks, once each");
+  cr_expect_eq(percpu::peek(1, pair_at), 0u);
+  cr_expect_eq(percpu::peek(1, pair_at + 8), 0u);
+  uint64_t wa = __atomic_load_n(&a.word, __ATOMIC_RELAXED), wb = __atomic_load_n(&b.word, __ATOMIC_RELAXED);
+  usleep(20000);  // the busy thread keeps trying; it must not reach them
+  cr_expect_eq(__atomic_load_n(&a.word, __ATOMIC_RELAXED), wa);
+  cr_expect_eq(__atomic_load_n(&b.word, __ATOMIC_RELAXED), wb);
+  stop.store(true);
+  busy.join();
   percpu::slot_free(slot);
 }

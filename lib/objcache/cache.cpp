@@ -163,6 +163,9 @@ void *get_slow(cache *c, int flags) {
     if (full) continue;
     // The depot is dry: make an object.
     if (!admit(c)) {
+      // At the limit, objects may sit cached on CPUs whose threads will not
+      // call the cache again: bring them into the depot before giving up.
+      if (pull_cached_into_depot(c)) continue;
       if (flags & SR_NOWAIT) {
         errno = ENOMEM;
         return nullptr;

@@ -56,6 +56,10 @@ size_t drain_magazines(cache *c, magazine *chain);  // without the lock
 // Ends the interval if it is due: returns magazines to drain (without lock).
 magazine *reap_if_due(cache *c, uint64_t now);
 void destruct(cache *c, void *obj);  // dtor, back to the slab, limit accounting
+// Moves every CPU's magazines into the depot (without the lock): objects
+// cached on CPUs whose threads no longer call the cache come back within
+// reach. True if any held rounds.
+bool pull_cached_into_depot(cache *c);
 
 void registry_add(cache *c);
 void registry_remove(cache *c);

@@ -148,29 +148,43 @@ magazine *reap_if_due(cache *c, uint64_t now) {
   return chain;
 }
 
+// Takes every CPU's two magazines (depot lock held: then only swaps within
+// a slot can race with percpu::take_pair) and hands each to f.
+template <class F>
+void take_slot_magazines(cache *c, F f) {
+  for (unsigned cpu = 0; cpu < percpu::ncpus(); ++cpu) {
+    uintptr_t pair[2];
+    if (!percpu::take_pair(cpu, c->loaded_off, pair)) continue;
+    for (uintptr_t m : pair)
+      if (m) f(reinterpret_cast<magazine *>(m));
+  }
+}
+
 size_t reclaim(cache *c) {
-  // Everything in the depot, and the calling CPU's two magazines; other CPUs'
-  // magazines stay until those CPUs trade them (as DragonFly's objcache does).
   magazine *chain = nullptr;
+  auto keep = [&](magazine *m) {
+    m->next = chain;
+    chain = m;
+  };
   depot_acquire(c);
   take_n(c->dep.full, c->dep.nfull, c->dep.nfull, chain);
   take_n(c->dep.empty, c->dep.nempty, c->dep.nempty, chain);
   c->dep.full_rounds = 0;
   c->dep.min_full = c->dep.min_empty = 0;
-  for (;;) {
-    unsigned cpu = percpu::current_cpu();
-    uintptr_t loaded = percpu::peek(cpu, c->loaded_off), prev = percpu::peek(cpu, c->prev_off());
-    if (!loaded && !prev) break;
-    if (!percpu::compare_store_pair(c->loaded_off, loaded, prev, 0, 0)) continue;
-    for (uintptr_t m : {loaded, prev})
-      if (m) {
-        reinterpret_cast<magazine *>(m)->next = chain;
-        chain = reinterpret_cast<magazine *>(m);
-      }
-    break;
-  }
+  take_slot_magazines(c, keep);
   c->dep.lock.release();
   return drain_magazines(c, chain);
+}
+
+bool pull_cached_into_depot(cache *c) {
+  bool any = false;
+  depot_acquire(c);
+  take_slot_magazines(c, [&](magazine *m) {
+    any = any || rounds_of(m->word) != 0;
+    depot_give(c, m);
+  });
+  c->dep.lock.release();
+  return any;
 }
 
 size_t reclaim_all() {

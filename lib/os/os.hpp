@@ -43,6 +43,13 @@ struct topology_info { unsigned packages, cores, pus, numa_nodes; bool from_hwlo
 // path: hwloc allocates, and the preload shim would recurse.
 topology_info topology();
 
+// ---- restartable-sequence fences (membarrier) --------------------------------
+// Registers the process for rseq fences; false if the kernel cannot.
+bool rseq_fence_register();
+// Restarts every restartable sequence running on cpu now, and returns once
+// they have been restarted or have committed.
+bool rseq_fence(unsigned cpu);
+
 // ---- futex-backed lock (no allocation, fork-safe to re-init) ---------------
 void futex_wait(std::atomic<uint32_t> *word, uint32_t expected);
 void futex_wake(std::atomic<uint32_t> *word, int n);

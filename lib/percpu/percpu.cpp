@@ -22,6 +22,7 @@ constinit ptrdiff_t rseq_x86::cached_rseq_offset = 0;
 namespace {
 
 constinit std::atomic<int> g_state{0};  // 0 new, 1 initialising, 2 ready, 3 failed
+constinit bool g_fence = false;          // membarrier rseq fences registered
 constinit os::lock g_slot_lock;
 constinit uint64_t g_slot_used[slots_per_cpu / 64] = {1};  // slot 0 stays reserved
 
@@ -83,6 +84,7 @@ bool ensure_init() {
 #endif
   g_region.ncpus = n;
   g_region.m = choose();
+  if (g_region.m == mode::rseq) g_fence = os::rseq_fence_register();
   g_state.store(2, std::memory_order_release);
   return true;
 }
@@ -132,6 +134,48 @@ void slot_free(size_t offset) {
     std::memset(reinterpret_cast<void *>(address(c, index * slot_bytes)), 0, slot_bytes);
   os::guard g(g_slot_lock);
   g_slot_used[index / 64] &= ~(uint64_t{1} << (index % 64));
+}
+
+#if SYSREF_HAVE_RSEQ
+namespace {
+bool cas16(uintptr_t *p, uintptr_t e0, uintptr_t e1, uintptr_t n0, uintptr_t n1) {
+  __extension__ using u128 = unsigned __int128;
+  bool ok;
+  asm volatile("lock cmpxchg16b %1"
+               : "=@ccz"(ok), "+m"(*reinterpret_cast<u128 *>(p)), "+a"(e0), "+d"(e1)
+               : "b"(n0), "c"(n1)
+               : "memory");
+  return ok;
+}
+}  // namespace
+#endif
+
+bool take_pair(unsigned cpu, size_t offset, uintptr_t out[2]) {
+  auto *w = reinterpret_cast<uintptr_t *>(address(cpu, offset));
+#if SYSREF_HAVE_RSEQ
+  if (g_region.m == mode::rseq) {
+    if (!g_fence) return false;
+    for (;;) {
+      uintptr_t a = peek(cpu, offset), b = peek(cpu, offset + 8);
+      if (!a && !b) return false;
+      if (!cas16(w, a, b, 0, 0)) continue;
+      // A section that read {a, b} before the swap may still commit; the
+      // fence waits for it or restarts it. A swap that committed after our
+      // exchange put the same two values back: take them again.
+      os::rseq_fence(cpu);
+      if (peek(cpu, offset) || peek(cpu, offset + 8)) continue;
+      out[0] = a;
+      out[1] = b;
+      return true;
+    }
+  }
+#endif
+  os::guard g(slot_lock_of(cpu, offset));
+  out[0] = w[0];
+  out[1] = w[1];
+  __atomic_store_n(&w[0], uintptr_t{0}, __ATOMIC_RELAXED);
+  __atomic_store_n(&w[1], uintptr_t{0}, __ATOMIC_RELAXED);
+  return out[0] || out[1];
 }
 
 uint64_t sum(size_t offset) {

@@ -65,6 +65,14 @@ inline uint64_t peek(unsigned cpu, size_t offset) {
 }
 uint64_t sum(size_t offset);  // a counter summed over every CPU
 
+// Takes the two words at offset (16-byte aligned) from another CPU's slot,
+// leaving zeros: after it returns true, no critical section on that CPU uses
+// the old values any more (rseq: a 16-byte compare-and-swap, then a
+// membarrier fence of that CPU; lock mode: the slot lock). The caller must
+// make sure nothing but swaps of the two words can race with it. False when
+// the pair was already empty or the kernel offers no fence.
+bool take_pair(unsigned cpu, size_t offset, uintptr_t out[2]);
+
 // Fallback implementations (lock mode).
 bool locked_pop_counted(size_t w_offset, uintptr_t mask, uintptr_t *out);
 int locked_push_counted(size_t w_offset, uintptr_t notmask, uintptr_t owner, uintptr_t obj,
