@@ -209,18 +209,12 @@ int main(int argc, char **argv)
 		return run_mixed(a, plan, n);
 	}, usable_mixed, spec));
 	spec.granule = 1;
-	if (cpus.size() < 2) {
-		note(o.json, "skipped", "cross",
-		     "only one CPU is usable; the pattern needs two (CPU 0 and CPU 1)");
-	} else {
-		CrossRig rig(cpus[0], cpus[1]);
-		if (!rig.pinned())
-			note(o.json, "skipped", "cross", "sched_setaffinity to the two CPUs failed");
-		else
-			section(o, "cross", kObjSize, measure([&rig](const Allocator &a, std::uint64_t n) {
-				return rig.run(a, kObjSize, n);
-			}, usable, spec));
-	}
+	if (const char *why = with_cross_rig(cpus, [&](CrossRig &rig) {
+		    section(o, "cross", kObjSize, measure([&rig](const Allocator &a, std::uint64_t n) {
+			    return rig.run(a, kObjSize, n);
+		    }, usable, spec));
+	    }))
+		note(o.json, "skipped", "cross", why);
 	if (oc)
 		objcache_destroy(oc);
 	return 0;

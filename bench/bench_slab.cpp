@@ -92,18 +92,12 @@ int main(int argc, char **argv)
 		return run_batch(a, size, n);
 	}, usable, spec));
 	spec.granule = 1;
-	if (cpus.size() < 2) {
-		note(o.json, "skipped", "cross",
-		     "only one CPU is usable; the pattern needs two (CPU 0 and CPU 1)");
-	} else {
-		CrossRig rig(cpus[0], cpus[1]);
-		if (!rig.pinned())
-			note(o.json, "skipped", "cross", "sched_setaffinity to the two CPUs failed");
-		else
-			report(o, "cross", size, measure([&rig, size](const Allocator &a, std::uint64_t n) {
-				return rig.run(a, size, n);
-			}, usable, spec));
-	}
+	if (const char *why = with_cross_rig(cpus, [&](CrossRig &rig) {
+		    report(o, "cross", size, measure([&rig, size](const Allocator &a, std::uint64_t n) {
+			    return rig.run(a, size, n);
+		    }, usable, spec));
+	    }))
+		note(o.json, "skipped", "cross", why);
 	if (zone)
 		kmalloc_obj_zone_destroy(zone);
 	return 0;

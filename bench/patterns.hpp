@@ -104,6 +104,20 @@ private:
 	std::thread prod_, cons_;
 };
 
+// Runs fn(rig) when CPUs 0 and 1 of `cpus` can be pinned; otherwise returns
+// why the cross pattern was skipped (nullptr when it ran).
+template <class Fn>
+const char *with_cross_rig(const std::vector<int> &cpus, Fn fn)
+{
+	if (cpus.size() < 2)
+		return "only one CPU is usable; the pattern needs two (CPU 0 and CPU 1)";
+	CrossRig rig(cpus[0], cpus[1]);
+	if (!rig.pinned())
+		return "sched_setaffinity to the two CPUs failed";
+	fn(rig);
+	return nullptr;
+}
+
 // One allocator's results for one pattern.
 struct Row {
 	const Allocator *a = nullptr;
