@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "kmalloc/kmalloc.hpp"
+#include "kmalloc/large.hpp"
 
 namespace km = sysref::kmalloc;
 
@@ -694,4 +695,47 @@ Test(kmalloc, two_threads_free_each_others_blocks) {
   cr_expect_gt(s.large_allocs - large_before, 100u, "the large path was exercised");
   cr_expect_eq(s.large_allocs, s.large_frees);
   cr_expect_eq(s.errors, 0u);
+}
+
+// Two threads freeing the same large block at once (a double free): exactly
+// one of them releases it, the other is reported, nothing is unmapped twice.
+Test(kmalloc, racing_double_free_of_a_large_block_releases_it_once, .init = count_errors) {
+  if (std::thread::hardware_concurrency() < 2) cr_skip_test("needs two CPUs");
+  const int rounds = 2000;
+  km::large::counters before = km::large::snapshot();
+  uint64_t errors_before = km::snapshot().errors;
+  for (int i = 0; i < rounds; ++i) {
+    void *p = sr_malloc(1 << 20);
+    cr_assert_not_null(p);
+    std::atomic<int> go{0};
+    auto freer = [&] {
+      go.fetch_add(1);
+      while (go.load() < 2) {
+      }
+      sr_free(p);
+    };
+    std::thread a(freer), b(freer);
+    a.join();
+    b.join();
+  }
+  km::large::counters after = km::large::snapshot();
+  cr_expect_eq(after.allocs - before.allocs, static_cast<uint64_t>(rounds));
+  cr_expect_eq(after.frees - before.frees, static_cast<uint64_t>(rounds), "each block released once");
+  cr_expect_eq(after.bytes_unmapped - before.bytes_unmapped, after.bytes_mapped - before.bytes_mapped);
+  cr_expect_eq(km::snapshot().errors - errors_before, static_cast<uint64_t>(rounds),
+               "every second free reported");
+}
+
+// Frees that reach the slow put path (magazines full, a new magazine refused
+// by the OS, slabs going back) must still leave errno alone.
+Test(kmalloc, free_preserves_errno_on_its_slow_paths) {
+  std::vector<void *> v;
+  for (int i = 0; i < 20000; ++i) v.push_back(sr_malloc(64));
+  sysref_os_fail_after(0);
+  for (void *p : v) {
+    errno = 4242;
+    sr_free(p);
+    cr_assert_eq(errno, 4242);
+  }
+  sysref_os_fail_after(-1);
 }

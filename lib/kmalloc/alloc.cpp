@@ -84,8 +84,10 @@ bool usable(const block &b) { return b.kind == block::small || b.kind == block::
   } keep{saved};
   block b = locate(p);
   if (b.kind == block::small) objcache::put(b.cls->cache.load(std::memory_order_relaxed), p);
-  else if (b.kind == block::big) large::release(b.rec);
-  else bad_pointer(b, p, "sr_free: pointer not from this allocator", "sr_free: not the start of a block");
+  else if (b.kind == block::big) {
+    if (!large::release(b.rec)) bad_pointer(b, p, "sr_free: double free of a large block", nullptr);
+  } else
+    bad_pointer(b, p, "sr_free: pointer not from this allocator", "sr_free: not the start of a block");
 }
 
 }  // namespace

@@ -22,7 +22,7 @@ constexpr size_t granule = pagemap::granule;
 // the rounding below from overflowing.
 constexpr size_t max_bytes = size_t{1} << 46;
 
-constinit slab::lazy_zone g_records{{}, "kmalloc.large", sizeof(record), 0};  // metadata
+constinit slab::lazy_zone g_records{{}, "kmalloc.large", sizeof(record), 0, slab::lazy_zone::type_stable};
 
 struct atomic_counters {
   std::atomic<uint64_t> allocs, frees, mapped, unmapped;
@@ -54,12 +54,12 @@ void *alloc(size_t size, size_t align, int flags) {
     errno = ENOMEM;
     return nullptr;
   }
-  r->magic = record_magic;
   r->start = reinterpret_cast<uintptr_t>(m);
   r->len = len;
+  std::atomic_ref<uint64_t>(r->magic).store(record_magic, std::memory_order_release);
   if (pagemap::set(r->start, len, tagged(r)) != 0) {  // a page-map leaf could not be mapped
     os::unmap(m, len, os::use::data);
-    r->magic = 0;
+    std::atomic_ref<uint64_t>(r->magic).store(0, std::memory_order_relaxed);
     slab::free(rz, r);
     errno = ENOMEM;
     return nullptr;
@@ -69,23 +69,30 @@ void *alloc(size_t size, size_t align, int flags) {
   return m;
 }
 
+// Two threads may free one block at once (a double free): records stay
+// mapped for good (their zone keeps its slabs), so a late reader of a freed
+// record reads a dead record, never unmapped memory; and the magic is
+// claimed with a compare-and-swap, so only one of them releases the block.
 record *find(const void *p) {
   auto v = reinterpret_cast<uintptr_t>(pagemap::get(reinterpret_cast<uintptr_t>(p)));
   if (!(v & pagemap::foreign_owner_bit)) return nullptr;
   auto *r = reinterpret_cast<record *>(v & ~pagemap::foreign_owner_bit);
-  return r->magic == record_magic ? r : nullptr;
+  return std::atomic_ref<uint64_t>(r->magic).load(std::memory_order_acquire) == record_magic ? r : nullptr;
 }
 
-void release(record *r) {
+bool release(record *r) {
+  uint64_t expected = record_magic;
+  if (!std::atomic_ref<uint64_t>(r->magic).compare_exchange_strong(expected, 0, std::memory_order_acq_rel))
+    return false;  // someone else is releasing it
   uintptr_t start = r->start;
   size_t len = r->len;
-  r->magic = 0;
   // Out of the page map first: from here on the range is nobody's.
   pagemap::clear(start, len);
   os::unmap(reinterpret_cast<void *>(start), len, os::use::data);
   slab::free(g_records.get(), r);
   g_count.frees.fetch_add(1, std::memory_order_relaxed);
   g_count.unmapped.fetch_add(len, std::memory_order_relaxed);
+  return true;
 }
 
 counters snapshot() {

@@ -20,7 +20,8 @@ void *alloc(size_t size, size_t align, int flags);
 // The record of the block whose granules hold p, or nullptr (p may be
 // inside the block: compare record::start).
 record *find(const void *p);
-void release(record *r);
+// Unmaps the block; false if another thread is releasing it (a double free).
+bool release(record *r);
 
 struct counters {
   uint64_t allocs, frees, bytes_mapped, bytes_unmapped;

@@ -49,9 +49,11 @@ void mark_internal(zone *z);
 // An internal zone made on first use: `made` holds it once made (thread-safe;
 // no static constructors, so it works before the program's constructors run).
 struct lazy_zone {
+  enum keep : bool { may_release = false, type_stable = true };
   std::atomic<zone *> made{nullptr};
   const char *name;
   size_t objsize, align;
+  keep slabs = may_release;  // type_stable: empty slabs are kept, never unmapped
   zone *get() {
     zone *z = made.load(std::memory_order_acquire);
     return z ? z : make();

@@ -227,6 +227,7 @@ zone *lazy_zone::make() {
   zone *z = made.load(std::memory_order_relaxed);
   if (!z && (z = zone_create(name, objsize, align, 0)) != nullptr) {
     mark_internal(z);
+    if (slabs == type_stable) set_spare(z, 0, 1024);  // never gives a slab back
     made.store(z, std::memory_order_release);
   }
   return z;
