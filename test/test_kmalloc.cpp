@@ -517,6 +517,7 @@ Test(kmalloc, interior_free_aborts_by_default, .signal = SIGABRT) {
 // ---- large blocks --------------------------------------------------------------
 
 Test(kmalloc, large_blocks_own_whole_granules_and_are_counted) {
+  km::reclaim();  // no kept mappings: every block below is a fresh map
   km::stats before = km::snapshot();
   uint64_t data = os_data();
   void *a = sr_malloc(32 * KiB + 1), *b = sr_malloc(200 * KiB), *c = sr_aligned_alloc(MiB, 70 * KiB);
@@ -538,6 +539,7 @@ Test(kmalloc, large_blocks_own_whole_granules_and_are_counted) {
   km::stats after = km::snapshot();
   cr_expect_eq(after.large_frees - before.large_frees, 3u);
   cr_expect_eq(after.large_bytes_unmapped - before.large_bytes_unmapped, (64 + 256 + 128) * KiB);
+  km::reclaim();  // freed blocks are kept mapped for a while: flush them
   cr_expect_eq(os_data(), data, "every large byte went back");
 }
 
@@ -573,7 +575,7 @@ Test(kmalloc, fault_injection_sweep) {
   for (int i = 0; i < 3; ++i) round(v);  // every class made, slabs and spares in place
   for (void *p : v) sr_free(p);
   v.clear();
-  objcache_reclaim_all();
+  km::reclaim();  // the classes' magazines and the kept large mappings
   const uint64_t base = os_data();
   for (long n = 0; n <= 200; ++n) {
     sysref_os_fail_after(n);
@@ -593,7 +595,7 @@ Test(kmalloc, fault_injection_sweep) {
     round(v);
     for (void *p : v) sr_free(p);
     v.clear();
-    objcache_reclaim_all();
+    km::reclaim();  // the classes' magazines and the kept large mappings
     cr_assert_eq(os_data(), base, "n=%ld: data bytes %+ld", n, static_cast<long>(os_data() - base));
   }
 }
@@ -738,4 +740,27 @@ Test(kmalloc, free_preserves_errno_on_its_slow_paths) {
     cr_assert_eq(errno, 4242);
   }
   sysref_os_fail_after(-1);
+}
+
+// A freed large block stays mapped for a while and serves the next request
+// that fits, so a malloc/free cycle of a big buffer does not fault every
+// page in again; asked for zeroed memory, a reused mapping is zeroed.
+Test(kmalloc, large_blocks_are_reused_and_zeroed_on_request) {
+  km::reclaim();
+  km::large::counters before = km::large::snapshot();
+  for (int i = 0; i < 50; ++i) {
+    auto *p = static_cast<unsigned char *>(sr_malloc(1 << 20));
+    std::memset(p, 0xab, 1 << 20);
+    sr_free(p);
+  }
+  km::large::counters mid = km::large::snapshot();
+  cr_expect_geq(mid.reused - before.reused, 49u, "all but the first came from a kept mapping");
+  auto *z = static_cast<unsigned char *>(sr_calloc(1, 1 << 20));
+  for (size_t i = 0; i < (1u << 20); i += 4096) cr_assert_eq(z[i], 0, "calloc over a reused mapping");
+  cr_expect_gt(km::large::snapshot().reused, mid.reused, "and that calloc was a reuse");
+  sr_free(z);
+  uint64_t data = os_data();
+  size_t flushed = km::reclaim();
+  cr_expect_geq(flushed, size_t{1} << 20);
+  cr_expect_leq(os_data() + (1u << 20), data, "reclaim unmaps kept mappings");
 }

@@ -72,7 +72,7 @@ bool usable(const block &b) { return b.kind == block::small || b.kind == block::
   }
   size_t need = size > align ? size : align;
   if (align <= os::page_size() && need <= max_small) return from_class(pow2_class_index(need), flags);
-  return large::alloc(size, align, flags);  // fresh mappings read as zero: SR_ZERO is free
+  return large::alloc(size, align, flags);  // zeroes a reused mapping for SR_ZERO
 }
 
 // A large block or a bad pointer.
@@ -176,6 +176,7 @@ size_t reclaim() {
   size_t bytes = 0;
   for (unsigned i = 0; i < num_classes; ++i)
     if (objcache::cache *c = class_cache(i)) bytes += objcache::reclaim(c);
+  bytes += large::flush_kept();
   return bytes;
 }
 

@@ -4,6 +4,7 @@
 #include "large.hpp"
 
 #include <atomic>
+#include <cstring>
 #include <cerrno>
 #include <sysref/flags.h>
 
@@ -31,6 +32,70 @@ constinit atomic_counters g_count{};
 
 slab::zone *records() { return g_records.get(); }
 
+// Freed blocks stay mapped for a while: a fresh mapping costs a page fault
+// per page (11-15 us each on these machines), so unmapping at once and
+// mapping again for the next block makes a 1 MiB malloc/free cycle cost
+// milliseconds. At most kept_max blocks and kept_bytes_max bytes are kept;
+// one that sat unused for a reap interval is unmapped on the next large call.
+struct kept_block {
+  uintptr_t start;
+  size_t len;
+  uint64_t since;  // coarse ns
+};
+constexpr int kept_max = 16;
+constexpr size_t kept_bytes_max = size_t{64} << 20;
+constinit os::lock g_kept_lock;
+constinit kept_block g_kept[kept_max] = {};
+constinit int g_nkept = 0;
+constinit size_t g_kept_bytes = 0;
+constinit std::atomic<uint64_t> g_reused{0};
+
+void drop_kept(int i, kept_block *out) {  // lock held
+  *out = g_kept[i];
+  g_kept_bytes -= g_kept[i].len;
+  g_kept[i] = g_kept[--g_nkept];
+}
+
+void unmap_all(const kept_block *v, int n) {
+  for (int i = 0; i < n; ++i) os::unmap(reinterpret_cast<void *>(v[i].start), v[i].len, os::use::data);
+}
+
+// A kept mapping of at least len bytes (at most twice that: no big waste)
+// whose start satisfies align; unmaps what has expired on the way.
+bool take_kept(size_t len, size_t align, kept_block *got) {
+  kept_block expired[kept_max];
+  int nexpired = 0;
+  bool found = false;
+  uint64_t now = os::coarse_now_ns(), ttl = uint64_t{os::opts().reap_interval_ms} * 1000000u;
+  {
+    os::guard g(g_kept_lock);
+    for (int i = g_nkept - 1; i >= 0; --i) {
+      const kept_block &k = g_kept[i];
+      if (!found && k.len >= len && k.len / 2 <= len && k.start % align == 0) {
+        drop_kept(i, got);
+        found = true;
+      } else if (now - k.since >= ttl) {
+        drop_kept(i, &expired[nexpired++]);
+      }
+    }
+  }
+  unmap_all(expired, nexpired);
+  return found;
+}
+
+void keep_or_unmap(uintptr_t start, size_t len) {
+  {
+    os::guard g(g_kept_lock);
+    if (g_nkept < kept_max && g_kept_bytes + len <= kept_bytes_max) {
+      g_kept[g_nkept++] = {start, len, os::coarse_now_ns()};
+      g_kept_bytes += len;
+      return;
+    }
+  }
+  os::unmap(reinterpret_cast<void *>(start), len, os::use::data);
+}
+
+
 void *tagged(record *r) { return reinterpret_cast<void *>(reinterpret_cast<uintptr_t>(r) | pagemap::foreign_owner_bit); }
 
 }  // namespace
@@ -48,8 +113,15 @@ void *alloc(size_t size, size_t align, int flags) {
   auto *r = static_cast<record *>(slab::alloc(rz, flags & SR_USE_RESERVE));
   if (!r) return nullptr;
   size_t len = size ? (size + granule - 1) & ~(granule - 1) : granule;
-  void *m = os::map(len, align > granule ? align : granule, os::use::data);
-  if (!m) {
+  size_t map_align = align > granule ? align : granule;
+  kept_block k;
+  void *m;
+  if (take_kept(len, map_align, &k)) {
+    m = reinterpret_cast<void *>(k.start);
+    len = k.len;
+    g_reused.fetch_add(1, std::memory_order_relaxed);
+    if (flags & SR_ZERO) std::memset(m, 0, len);  // only fresh mappings read as zero
+  } else if (!(m = os::map(len, map_align, os::use::data))) {
     slab::free(rz, r);
     errno = ENOMEM;
     return nullptr;
@@ -88,16 +160,32 @@ bool release(record *r) {
   size_t len = r->len;
   // Out of the page map first: from here on the range is nobody's.
   pagemap::clear(start, len);
-  os::unmap(reinterpret_cast<void *>(start), len, os::use::data);
+  keep_or_unmap(start, len);
   slab::free(g_records.get(), r);
   g_count.frees.fetch_add(1, std::memory_order_relaxed);
   g_count.unmapped.fetch_add(len, std::memory_order_relaxed);
   return true;
 }
 
+size_t flush_kept() {
+  kept_block all[kept_max];
+  int n;
+  size_t bytes;
+  {
+    os::guard g(g_kept_lock);
+    n = g_nkept;
+    bytes = g_kept_bytes;
+    for (int i = 0; i < n; ++i) all[i] = g_kept[i];
+    g_nkept = 0;
+    g_kept_bytes = 0;
+  }
+  unmap_all(all, n);
+  return bytes;
+}
+
 counters snapshot() {
   auto ld = [](const std::atomic<uint64_t> &a) { return a.load(std::memory_order_relaxed); };
-  return {ld(g_count.allocs), ld(g_count.frees), ld(g_count.mapped), ld(g_count.unmapped)};
+  return {ld(g_count.allocs), ld(g_count.frees), ld(g_count.mapped), ld(g_count.unmapped), ld(g_reused)};
 }
 
 }  // namespace sysref::kmalloc::large

@@ -24,8 +24,11 @@ record *find(const void *p);
 bool release(record *r);
 
 struct counters {
-  uint64_t allocs, frees, bytes_mapped, bytes_unmapped;
+  uint64_t allocs, frees, bytes_mapped, bytes_unmapped;  // blocks handed out / given back
+  uint64_t reused;  // allocations served by a kept mapping instead of a new one
 };
+// Unmaps every kept mapping now (low memory, tests); bytes unmapped.
+size_t flush_kept();
 counters snapshot();
 
 }  // namespace sysref::kmalloc::large
