@@ -86,6 +86,15 @@ unsigned long stress(int nthreads, long iterations, Body body) {
   return signals.load();
 }
 
+// A counted stack as percpu lays it out: word, capacity, a link, the items.
+template <size_t N>
+struct test_stack {
+  uint64_t word;
+  uint32_t capacity, pad;
+  uint64_t link;
+  uintptr_t items[N];
+};
+
 }  // namespace
 
 Test(percpu, mode_is_the_one_asked_for) {
@@ -206,12 +215,7 @@ Test(percpu, counted_stacks_stay_exact_under_migration_and_signals) {
   cr_assert_leq(tokens_per_cpu * ncpu, 2 * rounds, "the test needs room for every token");
   size_t slot = static_cast<size_t>(percpu::slot_alloc());
   const size_t pair_at = slot + 16;
-  struct stack {
-    uint64_t word;
-    uint32_t capacity, pad;
-    uint64_t link;
-    uintptr_t items[rounds];
-  };
+  using stack = test_stack<rounds>;
   std::vector<stack> stacks(2 * ncpu);
   std::vector<std::atomic<int>> held(tokens_per_cpu * ncpu);
   for (auto &h : held) h.store(0);
@@ -264,12 +268,7 @@ Test(percpu, counted_stacks_stay_exact_under_migration_and_signals) {
 Test(percpu, take_counts_moves_only_the_counters) {
   cr_assert(percpu::ensure_init());
   size_t slot = static_cast<size_t>(percpu::slot_alloc());
-  struct {
-    uint64_t word;
-    uint32_t capacity, pad;
-    uint64_t link;
-    uintptr_t items[4];
-  } s = {};
+  test_stack<4> s = {};
   s.capacity = 4;
   uint64_t out = 0;
   for (;;) {  // install on whatever CPU we are on when the commit happens
@@ -296,12 +295,7 @@ Test(percpu, take_pair_from_a_busy_cpu) {
   cr_assert(percpu::ensure_init());
   size_t slot = static_cast<size_t>(percpu::slot_alloc());
   const size_t pair_at = slot + 16;
-  struct stack {
-    uint64_t word;
-    uint32_t capacity, pad;
-    uint64_t link;
-    uintptr_t items[8];
-  } a{}, b{};
+  test_stack<8> a{}, b{};
   a.capacity = b.capacity = 8;
   for (uintptr_t i = 0; i < 4; ++i) a.items[i] = b.items[i] = 0x100 + i;
   a.word = b.word = 4;

@@ -32,7 +32,6 @@ size_t page_size();
 unsigned cpu_count();  // possible CPU ids: every id rseq or getcpu can report
 unsigned current_cpu();  // sched_getcpu(), clamped below cpu_count()
 uint64_t random_seed();  // from the kernel, for secrets
-uint64_t now_ns();       // CLOCK_MONOTONIC
 // CLOCK_MONOTONIC_COARSE: millisecond resolution at a tenth of the cost
 // (26 ns vs 3 ns measured here under kvm-clock), for interval timers.
 uint64_t coarse_now_ns();

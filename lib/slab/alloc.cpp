@@ -189,20 +189,15 @@ void *alloc_slow(zone *z, int flags) {
 
   if (to_unmap) unmap_slab(z, to_unmap);
   if (refill && !(flags & SR_NOWAIT)) proactive_refill(z);
-  if (emergency) return hand_out(z, emergency, flags, false);
+  if (emergency) {
+    percpu::add(z->allocs_off(), 1);  // not popped from a slot: count it here
+    return hand_out(z, emergency, flags);
+  }
   if (failed) {
     errno = ENOMEM;
     return nullptr;
   }
   return alloc(z, flags);
-}
-
-void *hand_out(zone *z, uintptr_t obj, int flags, bool counted) {
-  uintptr_t *o = words(obj);
-  o[1] = 0;  // no longer carries the free marker
-  if (!counted) percpu::add(z->allocs_off(), 1);
-  if (flags & SR_ZERO) std::memset(o, 0, z->objsize);
-  return o;
 }
 
 void corrupted(zone *z, uintptr_t obj) {

@@ -69,7 +69,7 @@ size_t object_size(const zone *z);
 int stats(zone *z, kmalloc_zone_stats *out);
 
 // The zone that owns p, or nullptr when p lies in no slab the library knows
-// (it reads only the page map and the slab header, never p itself).
+// (it reads only the page map, never p itself).
 inline zone *owner_of(const void *p) {
   auto v = reinterpret_cast<uintptr_t>(pagemap::get(reinterpret_cast<uintptr_t>(p)));
   if (v & pagemap::foreign_owner_bit) return nullptr;

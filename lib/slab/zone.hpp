@@ -100,8 +100,13 @@ slab *map_slab(zone *z);            // without the lock; nullptr if the OS refus
 // (static: they contain rseq critical sections, see SR_RSEQ_FN)
 void *alloc_slow(zone *z, int flags);
 void free_slow(zone *z, uintptr_t p);  // p's slab is not this CPU's active one
-// Counts the allocation unless the fast path's pop already did.
-void *hand_out(zone *z, uintptr_t obj, int flags, bool counted);
+// The object leaves the allocator: no free marker any more, zeroed on request.
+inline void *hand_out(const zone *z, uintptr_t obj, int flags) {
+  auto *o = reinterpret_cast<uintptr_t *>(obj);
+  o[1] = 0;
+  if (flags & SR_ZERO) __builtin_memset(o, 0, z->objsize);
+  return o;
+}
 [[noreturn, gnu::cold]] void corrupted(zone *z, uintptr_t obj);
 [[gnu::cold]] void bad_free(zone *z, void *ptr, const char *what);
 
@@ -112,7 +117,7 @@ SR_RSEQ_FN void *alloc_fast(zone *z, int flags) {
   // else is a write after free, and following it would spread the damage.
   if (__builtin_expect(((*reinterpret_cast<uintptr_t *>(obj) ^ obj) & ~z->mask) != 0, 0))
     corrupted(z, obj);
-  return hand_out(z, obj, flags, true);
+  return hand_out(z, obj, flags);  // the pop counted it
 }
 
 SR_RSEQ_FN void free_fast(zone *z, void *ptr) {
