@@ -161,7 +161,7 @@ Test(percpu, counted_lists_stay_exact_under_migration_and_signals) {
     while (!percpu::compare_store(w_at, 0, base + node)) move_to(c);
   }
   g_handler_counts = false;
-  std::atomic<long> misses{0}, bad{0}, pops{0}, pushes{0}, dups{0};
+  std::atomic<long> misses{0}, bad{0}, pops{0}, pushes{0}, dups{0}, tagged_misses{0};
   stress(4, 100000, [&](int t, long i) {
     uintptr_t n;
     if (!percpu::pop_counted(w_at, mask, &n)) {
@@ -179,6 +179,13 @@ Test(percpu, counted_lists_stay_exact_under_migration_and_signals) {
       uintptr_t w = percpu::peek(percpu::current_cpu(), w_at);
       auto r = percpu::push_counted(w_at, ~mask, w & ~mask, n, tag);
       if (r == percpu::duplicate) dups.fetch_add(1);
+      // An aborted attempt left its tag and the list moved: the tag is ours,
+      // not a sign that n is listed (the slab layer's false double free).
+      if (r == percpu::not_owner_tagged) {
+        tagged_misses.fetch_add(1, std::memory_order_relaxed);
+        reinterpret_cast<uintptr_t *>(n)[1] = 0;
+        continue;
+      }
       if (r != percpu::not_owner) break;  // moved between peek and push: again
     }
     pushes.fetch_add(1, std::memory_order_relaxed);

@@ -20,7 +20,7 @@ constinit std::atomic<uint64_t> g_errors{0};
 constexpr int get_flags = SR_NOWAIT | SR_USE_RESERVE;  // what objcache::get takes
 
 void *from_class(unsigned index, int flags) {
-  objcache::cache *c = cache_for(index);
+  objcache::cache *c = cache_for(index, flags);
   if (!c) return nullptr;
   void *p = objcache::get(c, flags & get_flags);
   // Zeroed here, not below: a cached object holds whatever it last held.

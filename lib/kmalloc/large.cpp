@@ -36,7 +36,8 @@ slab::zone *records() { return g_records.get(); }
 // per page (11-15 us each on these machines), so unmapping at once and
 // mapping again for the next block makes a 1 MiB malloc/free cycle cost
 // milliseconds. At most kept_max blocks and kept_bytes_max bytes are kept;
-// one that sat unused for a reap interval is unmapped on the next large call.
+// one that sat unused for a reap interval is unmapped on the next large
+// request or free.
 struct kept_block {
   uintptr_t start;
   size_t len;
@@ -66,9 +67,10 @@ bool take_kept(size_t len, size_t align, kept_block *got) {
   kept_block expired[kept_max];
   int nexpired = 0;
   bool found = false;
-  uint64_t now = os::coarse_now_ns(), ttl = uint64_t{os::opts().reap_interval_ms} * 1000000u;
+  uint64_t ttl = uint64_t{os::opts().reap_interval_ms} * 1000000u;
   {
     os::guard g(g_kept_lock);
+    uint64_t now = os::coarse_now_ns();  // under the lock: never older than a `since`
     for (int i = g_nkept - 1; i >= 0; --i) {
       const kept_block &k = g_kept[i];
       if (!found && k.len >= len && k.len / 2 <= len && k.start % align == 0) {
@@ -83,18 +85,27 @@ bool take_kept(size_t len, size_t align, kept_block *got) {
   return found;
 }
 
+// Keeps a freed mapping for reuse, and unmaps kept ones that expired. From
+// a signal handler that interrupted this code (the kept lock out of reach)
+// the mapping is simply unmapped.
 void keep_or_unmap(uintptr_t start, size_t len) {
-  {
-    os::guard g(g_kept_lock);
+  kept_block expired[kept_max];
+  int nexpired = 0;
+  bool kept = false;
+  if (g_kept_lock.acquire(os::wait::unless_reentered)) {
+    uint64_t now = os::coarse_now_ns(), ttl = uint64_t{os::opts().reap_interval_ms} * 1000000u;
+    for (int i = g_nkept - 1; i >= 0; --i)
+      if (now - g_kept[i].since >= ttl) drop_kept(i, &expired[nexpired++]);
     if (g_nkept < kept_max && g_kept_bytes + len <= kept_bytes_max) {
-      g_kept[g_nkept++] = {start, len, os::coarse_now_ns()};
+      g_kept[g_nkept++] = {start, len, now};
       g_kept_bytes += len;
-      return;
+      kept = true;
     }
+    g_kept_lock.release();
   }
-  os::unmap(reinterpret_cast<void *>(start), len, os::use::data);
+  unmap_all(expired, nexpired);
+  if (!kept) os::unmap(reinterpret_cast<void *>(start), len, os::use::data);
 }
-
 
 void *tagged(record *r) { return reinterpret_cast<void *>(reinterpret_cast<uintptr_t>(r) | pagemap::foreign_owner_bit); }
 

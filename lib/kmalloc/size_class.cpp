@@ -49,8 +49,14 @@ void format_name(char *out, size_t cap, size_t size) {
 
 }  // namespace
 
-objcache::cache *create_class(unsigned index) {
+objcache::cache *create_class(unsigned index, int flags) {
   size_class &c = g_classes[index];
+  // Making a class takes the registry and zone locks, waiting for them: not
+  // from a handler that interrupted library code holding one (SR_NOWAIT).
+  if ((flags & SR_NOWAIT) && os::reentered()) {
+    errno = ENOMEM;
+    return nullptr;
+  }
   os::guard g(g_create);
   if (objcache::cache *existing = c.cache.load(std::memory_order_relaxed)) return existing;
   const size_t size = class_size_of(index), page = os::page_size();

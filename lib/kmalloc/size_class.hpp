@@ -63,11 +63,11 @@ struct size_class {
 
 extern size_class g_classes[num_classes];
 
-objcache::cache *create_class(unsigned index);  // slow path: NULL + errno
+objcache::cache *create_class(unsigned index, int flags);  // slow path: NULL + errno
 
-inline objcache::cache *cache_for(unsigned index) {
+inline objcache::cache *cache_for(unsigned index, int flags) {
   objcache::cache *c = g_classes[index].cache.load(std::memory_order_acquire);
-  return c ? c : create_class(index);
+  return c ? c : create_class(index, flags);
 }
 
 // The class whose zone is z, or nullptr: z is another layer's zone.

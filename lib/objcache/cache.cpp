@@ -42,10 +42,20 @@
 //     cache's totals, under the depot lock. Depot magazines hold no counts.
 //     gets == puts + live, where objcache_dtor counts as a put.
 //   - With a limit, `existing` (live + cached) never exceeds it.
+//   - Cached objects are in magazines or in the spill slots; nowhere else.
+//
+// Signals. A put, and a get with SR_NOWAIT, may run in a signal handler that
+// interrupted this very thread inside the library, perhaps holding the depot
+// lock or (lock mode) the slot lock they need. So they never wait for a lock
+// while the thread holds one (os::wait::unless_reentered; SR_NOWAIT never
+// waits at all), and every loop gives up after a few passes that found
+// locks out of reach: a get then fails with ENOMEM, a put leaves its object
+// in a spill slot (lock-free), or, with all slots taken, destructs it.
 //
 // Lock order: registry lock, then a cache's depot lock, then the slab layer's
 // zone locks (taken by slab::alloc/free). Ctors and dtors run with no
-// objcache lock held.
+// library lock held: reclaim_all and the reaper pin each cache and drop the
+// registry lock before they drain it.
 #include <cerrno>
 #include <cstring>
 
@@ -129,44 +139,90 @@ uintptr_t as_word(magazine *m) { return reinterpret_cast<uintptr_t>(m); }
 
 // Trades the slot's previous magazine for m: {loaded, prev} -> {m, loaded}.
 // On success the old previous magazine goes to the depot (lock held).
-bool exchange(cache *c, magazine *m) {
+bool exchange(cache *c, magazine *m, os::wait w) {
   unsigned cpu = percpu::current_cpu();
   uintptr_t loaded = percpu::peek(cpu, c->loaded_off), prev = percpu::peek(cpu, c->prev_off());
-  if (!percpu::compare_store_pair(c->loaded_off, loaded, prev, as_word(m), loaded)) return false;
+  if (!percpu::compare_store_pair(c->loaded_off, loaded, prev, as_word(m), loaded, w)) return false;
   c->exchanges.fetch_add(1, std::memory_order_relaxed);
   if (prev) depot_give(c, reinterpret_cast<magazine *>(prev));
   return true;
 }
 
 // Moves the loaded magazine's counts to the totals if they near overflow.
-bool fold_if_due(cache *c) {
-  uint64_t w;
-  if (!percpu::stack_take_counts(c->loaded_off, &w)) return false;
-  os::guard g(c->dep.lock);  // keeps statistics snapshots consistent
-  fold(c, w);
+bool fold_if_due(cache *c, os::wait w) {
+  uint64_t word;
+  if (!percpu::stack_take_counts(c->loaded_off, &word, w)) return false;
+  // The depot lock keeps statistics snapshots consistent; where it cannot be
+  // had, the counts still go in (they are atomic), a snapshot may just see
+  // them a moment early.
+  bool locked = c->dep.lock.acquire(w);
+  fold(c, word);
+  if (locked) c->dep.lock.release();
   return true;
 }
 
+bool spill_put(cache *c, void *obj) {
+  for (auto &slot : c->spill) {
+    void *expected = nullptr;
+    if (slot.load(std::memory_order_relaxed) == nullptr &&
+        slot.compare_exchange_strong(expected, obj, std::memory_order_release, std::memory_order_relaxed))
+      return true;
+  }
+  return false;
+}
+
+// Passes through a slow path that found its locks out of reach before it
+// settles for the lock-free way out.
+constexpr int max_blocked_passes = 2;
+
 }  // namespace
 
+void *spill_take(cache *c) {
+  for (auto &slot : c->spill)
+    if (slot.load(std::memory_order_relaxed))
+      if (void *obj = slot.exchange(nullptr, std::memory_order_acquire)) return obj;
+  return nullptr;
+}
+
+size_t spill_drain(cache *c) {
+  size_t n = 0;
+  while (void *obj = spill_take(c)) {
+    destruct(c, obj);
+    ++n;
+  }
+  return n * c->objsize;
+}
+
 void *get_slow(cache *c, int flags) {
-  for (;;) {
-    if (uintptr_t obj = percpu::stack_pop(c->loaded_off)) return reinterpret_cast<void *>(obj);
-    if (fold_if_due(c)) continue;
-    if (percpu::stack_swap_if(c->loaded_off, true)) continue;  // previous has rounds
-    depot_acquire(c);
-    magazine *reap = reap_if_due(c, os::coarse_now_ns());
-    magazine *full = depot_take_full(c);
-    if (full && !exchange(c, full)) depot_give(c, full);  // the slot moved: look again
-    c->dep.lock.release();
-    if (reap) drain_magazines(c, reap);
-    if (full) continue;
+  // SR_NOWAIT never waits for a lock; a plain get waits as long as it takes.
+  const bool nowait = flags & SR_NOWAIT;
+  const os::wait w = nowait ? os::wait::no : os::wait::yes;
+  for (int blocked = 0, pulls = 0;;) {
+    if (uintptr_t obj = percpu::stack_pop(c->loaded_off, w)) return reinterpret_cast<void *>(obj);
+    if (fold_if_due(c, w)) continue;
+    if (percpu::stack_swap_if(c->loaded_off, true, w)) continue;  // previous has rounds
+    if (blocked <= max_blocked_passes && depot_acquire(c, w)) {
+      magazine *reap = nowait ? nullptr : reap_if_due(c);  // reaping runs dtors: not here
+      magazine *full = depot_take_full(c);
+      bool traded = full && exchange(c, full, w);
+      if (full && !traded) depot_give(c, full);  // the slot moved (or is out of reach): look again
+      c->dep.lock.release();
+      if (reap) drain_magazines(c, reap);
+      if (full) {
+        if (!traded && nowait) ++blocked;
+        continue;
+      }
+    }
+    if (void *obj = spill_take(c)) {
+      c->gets.fetch_add(1, std::memory_order_relaxed);
+      return obj;
+    }
     // The depot is dry: make an object.
     if (!admit(c)) {
       // At the limit, objects may sit cached on CPUs whose threads will not
       // call the cache again: bring them into the depot before giving up.
-      if (pull_cached_into_depot(c)) continue;
-      if (flags & SR_NOWAIT) {
+      if (pull_cached_into_depot(c, w) && ++pulls < 64) continue;
+      if (nowait) {
         errno = ENOMEM;
         return nullptr;
       }
@@ -187,24 +243,35 @@ void put_slow(cache *c, void *obj) {
     int v;
     ~restore() { errno = v; }
   } keep{saved};
-  for (;;) {
+  // A put never waits for a lock its own thread may hold (a signal handler).
+  const os::wait w = os::wait::unless_reentered;
+  const bool reentered = os::reentered();
+  for (int pass = 0;; ++pass) {
     if (c->waiters.load(std::memory_order_relaxed)) break;  // hand room to a waiting get
-    if (percpu::stack_push(c->loaded_off, reinterpret_cast<uintptr_t>(obj))) return;
-    if (percpu::stack_swap_if(c->loaded_off, false)) continue;  // previous has room
-    depot_acquire(c);
-    magazine *reap = reap_if_due(c, os::coarse_now_ns());
+    if (percpu::stack_push(c->loaded_off, reinterpret_cast<uintptr_t>(obj), w)) return;
+    if (percpu::stack_swap_if(c->loaded_off, false, w)) continue;  // previous has room
+    if (reentered && pass > max_blocked_passes) break;
+    if (!depot_acquire(c, w)) break;
+    magazine *reap = reentered ? nullptr : reap_if_due(c);  // reaping runs dtors: not here
     magazine *empty = depot_take_empty(c);
     c->dep.lock.release();
     if (reap) drain_magazines(c, reap);
     // A put does not depend on fresh memory: if no magazine can be had, the
-    // object goes straight back to the slab layer.
-    if (!empty) empty = mag_alloc(c->mag_index.load(std::memory_order_relaxed), 0);
+    // object goes straight back to the slab layer. (A new magazine's memory
+    // may be mapped here; it is metadata, never the objects' memory.)
+    if (!empty) empty = mag_alloc(c->mag_index.load(std::memory_order_relaxed), reentered ? SR_NOWAIT : 0);
     if (!empty) break;
-    depot_acquire(c);
-    if (!exchange(c, empty)) depot_give(c, empty);
+    if (!depot_acquire(c, w)) {
+      mag_free(empty);
+      break;
+    }
+    if (!exchange(c, empty, w)) depot_give(c, empty);
     c->dep.lock.release();
   }
   c->puts.fetch_add(1, std::memory_order_relaxed);
+  // In a handler, keep the object constructed in a spill slot rather than
+  // run its dtor there.
+  if (reentered && spill_put(c, obj)) return;
   destruct(c, obj);
 }
 
@@ -267,6 +334,7 @@ void destroy(cache *c) {
   while (magazine *m = depot_take_empty(c)) take(m);
   c->dep.lock.release();
   drain_magazines(c, chain);
+  spill_drain(c);
   percpu::slot_free(c->slot);
   slab::zone_destroy(c->zone);  // also whatever was still live
   c->magic = 0;

@@ -11,6 +11,10 @@
 namespace sysref::objcache {
 
 inline constexpr uint64_t cache_magic = 0x53595352454f4343ull;  // "SYSREOCC"
+// Where a put leaves an object when neither a magazine nor the depot can be
+// had without waiting (a signal handler that interrupted this cache's own
+// slow path): constructed objects, taken back by get_slow and reclaim.
+inline constexpr int spill_slots = 16;
 
 struct depot {
   os::lock lock;
@@ -40,28 +44,40 @@ struct cache : cache_head {  // the head first: objcache.hpp reads it inline
   // Counts folded out of magazine words, and the slow paths' own events.
   std::atomic<uint64_t> gets, puts, ctor_calls, dtor_calls, slab_allocs, slab_frees, reaped;
   std::atomic<uint64_t> exchanges, contention, resizes, ctor_failures, limit_waits;
-  cache *next_cache;                  // the registry (reclaim_all, the reap thread)
+  std::atomic<void *> spill[spill_slots];
+  // The registry (reclaim_all, the reap thread): serial orders the walk,
+  // pins keep the cache alive while a walker works on it without the lock.
+  cache *next_cache;
+  uint64_t serial;
+  std::atomic<uint32_t> pins;
 
   size_t prev_off() const { return loaded_off + 8; }
 };
 
 // Depot (depot.cpp): called with c->dep.lock held unless said otherwise.
-void depot_acquire(cache *c);  // counts contention
+// Takes the depot lock as w allows (false: not taken), counting contention.
+bool depot_acquire(cache *c, os::wait w = os::wait::yes);
 magazine *depot_take_full(cache *c);
 magazine *depot_take_empty(cache *c);
 void depot_give(cache *c, magazine *m);  // files it by fullness, counters folded
 void fold(cache *c, uint64_t word);      // a magazine word's counts into the totals
 // Destructs the rounds of a chain of magazines and frees them; bytes returned.
 size_t drain_magazines(cache *c, magazine *chain);  // without the lock
-// Ends the interval if it is due: returns magazines to drain (without lock).
-magazine *reap_if_due(cache *c, uint64_t now);
+// Ends the interval if it is due (the clock is read here, under the lock):
+// returns magazines to drain (without lock).
+magazine *reap_if_due(cache *c);
 void destruct(cache *c, void *obj);  // dtor, back to the slab, limit accounting
 // Moves every CPU's magazines into the depot (without the lock): objects
 // cached on CPUs whose threads no longer call the cache come back within
 // reach. True if any held rounds.
-bool pull_cached_into_depot(cache *c);
+bool pull_cached_into_depot(cache *c, os::wait w);
+
+// Spilled objects (lock-free): one back, or every one for destruction.
+void *spill_take(cache *c);
+size_t spill_drain(cache *c);  // destructs them; bytes given back
 
 void registry_add(cache *c);
+// Out of the registry, once no walker works on it any more.
 void registry_remove(cache *c);
 
 }  // namespace sysref::objcache

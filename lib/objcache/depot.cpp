@@ -36,18 +36,46 @@ void take_n(magazine *&list, size_t &count, size_t n, magazine *&chain) {
   }
 }
 
+constinit uint64_t g_next_serial = 1;
+
+void unpin(cache *c) {
+  if (c->pins.fetch_sub(1, std::memory_order_release) == 1) os::futex_wake(&c->pins, 1 << 30);
+}
+
+// Calls f on every registered cache, newest first, with the cache pinned
+// and no registry lock held: f may run ctors and dtors, and those may make
+// or destroy caches. The walk resumes by serial, so a cache that leaves the
+// registry meanwhile (or one added) cannot derail it.
+template <class F>
+void for_each_cache(F f) {
+  uint64_t below = UINT64_MAX;
+  for (;;) {
+    cache *c = nullptr;
+    {
+      os::guard g(g_registry_lock);
+      for (cache *x = g_registry; x; x = x->next_cache)  // newest first: serials fall
+        if (x->serial < below) {
+          c = x;
+          break;
+        }
+      if (!c) return;
+      c->pins.fetch_add(1, std::memory_order_acquire);
+    }
+    below = c->serial;
+    f(c);
+    unpin(c);
+  }
+}
+
 void *reaper_main(void *) {
   for (;;) {
-    unsigned ms = os::opts().reap_interval_ms;
-    os::sleep_ms(ms);
-    uint64_t now = os::coarse_now_ns();
-    os::guard g(g_registry_lock);  // destroy waits for a reap in progress
-    for (cache *c = g_registry; c; c = c->next_cache) {
+    os::sleep_ms(os::opts().reap_interval_ms);
+    for_each_cache([](cache *c) {
       depot_acquire(c);
-      magazine *chain = reap_if_due(c, now);
+      magazine *chain = reap_if_due(c);
       c->dep.lock.release();
       if (chain) drain_magazines(c, chain);
-    }
+    });
   }
   return nullptr;
 }
@@ -65,11 +93,12 @@ void start_reaper() {
 
 }  // namespace
 
-void depot_acquire(cache *c) {
-  if (c->dep.lock.try_acquire()) return;
-  c->dep.lock.acquire();
+bool depot_acquire(cache *c, os::wait w) {
+  if (c->dep.lock.try_acquire()) return true;
+  if (!c->dep.lock.acquire(w)) return false;
   c->contention.fetch_add(1, std::memory_order_relaxed);
   ++c->dep.waits_this_interval;
+  return true;
 }
 
 magazine *depot_take_full(cache *c) {
@@ -125,9 +154,13 @@ size_t drain_magazines(cache *c, magazine *chain) {
   return bytes;
 }
 
-magazine *reap_if_due(cache *c, uint64_t now) {
+magazine *reap_if_due(cache *c) {
   depot &d = c->dep;
-  if (now - d.interval_start < uint64_t{os::opts().reap_interval_ms} * 1000000u) return nullptr;
+  // Read under the lock: a time read before it could be older than an
+  // interval another thread just started, and the difference would wrap.
+  uint64_t now = os::coarse_now_ns();
+  if (now < d.interval_start || now - d.interval_start < uint64_t{os::opts().reap_interval_ms} * 1000000u)
+    return nullptr;
   // What the depot never dipped below this interval, it did not need.
   magazine *chain = nullptr;
   size_t objects_before = d.full_rounds;
@@ -151,10 +184,10 @@ magazine *reap_if_due(cache *c, uint64_t now) {
 // Takes every CPU's two magazines (depot lock held: then only swaps within
 // a slot can race with percpu::take_pair) and hands each to f.
 template <class F>
-void take_slot_magazines(cache *c, F f) {
+void take_slot_magazines(cache *c, F f, os::wait w = os::wait::yes) {
   for (unsigned cpu = 0; cpu < percpu::ncpus(); ++cpu) {
     uintptr_t pair[2];
-    if (!percpu::take_pair(cpu, c->loaded_off, pair)) continue;
+    if (!percpu::take_pair(cpu, c->loaded_off, pair, w)) continue;
     for (uintptr_t m : pair)
       if (m) f(reinterpret_cast<magazine *>(m));
   }
@@ -173,30 +206,33 @@ size_t reclaim(cache *c) {
   c->dep.min_full = c->dep.min_empty = 0;
   take_slot_magazines(c, keep);
   c->dep.lock.release();
-  return drain_magazines(c, chain);
+  return drain_magazines(c, chain) + spill_drain(c);
 }
 
-bool pull_cached_into_depot(cache *c) {
+bool pull_cached_into_depot(cache *c, os::wait w) {
   bool any = false;
-  depot_acquire(c);
-  take_slot_magazines(c, [&](magazine *m) {
-    any = any || rounds_of(m->word) != 0;
-    depot_give(c, m);
-  });
+  if (!depot_acquire(c, w)) return false;
+  take_slot_magazines(
+      c,
+      [&](magazine *m) {
+        any = any || rounds_of(m->word) != 0;
+        depot_give(c, m);
+      },
+      w);
   c->dep.lock.release();
   return any;
 }
 
 size_t reclaim_all() {
   size_t bytes = 0;
-  os::guard g(g_registry_lock);
-  for (cache *c = g_registry; c; c = c->next_cache) bytes += reclaim(c);
+  for_each_cache([&](cache *c) { bytes += reclaim(c); });
   return bytes;
 }
 
 void registry_add(cache *c) {
   {
     os::guard g(g_registry_lock);
+    c->serial = g_next_serial++;
     c->next_cache = g_registry;
     g_registry = c;
   }
@@ -204,12 +240,16 @@ void registry_add(cache *c) {
 }
 
 void registry_remove(cache *c) {
-  os::guard g(g_registry_lock);
-  for (cache **p = &g_registry; *p; p = &(*p)->next_cache)
-    if (*p == c) {
-      *p = c->next_cache;
-      return;
-    }
+  {
+    os::guard g(g_registry_lock);
+    for (cache **p = &g_registry; *p; p = &(*p)->next_cache)
+      if (*p == c) {
+        *p = c->next_cache;
+        break;
+      }
+  }
+  // No walker can pin it now; wait for those that did.
+  while (uint32_t pins = c->pins.load(std::memory_order_acquire)) os::futex_wait(&c->pins, pins);
 }
 
 namespace {
@@ -226,19 +266,6 @@ void slot_pair(cache *c, unsigned cpu, magazine *pair[2]) {
   pair[1] = reinterpret_cast<magazine *>(b);
 }
 
-// Sums one of the magazine counters over every CPU's slot magazines.
-template <class Field>
-uint64_t sum_slots(cache *c, Field field) {
-  uint64_t total = 0;
-  for (unsigned cpu = 0; cpu < percpu::ncpus(); ++cpu) {
-    magazine *pair[2];
-    slot_pair(c, cpu, pair);
-    for (magazine *m : pair)
-      if (m) total += field(word_of(m));
-  }
-  return total;
-}
-
 }  // namespace
 
 int stats(cache *c, struct objcache_stats *out) {
@@ -247,16 +274,33 @@ int stats(cache *c, struct objcache_stats *out) {
   uint64_t gets = 0, puts = 0, cached = 0;
   {
     // Under the depot lock no magazine enters or leaves a slot (only loaded
-    // and previous swap) and none is freed, so reading them is safe. Every
-    // put follows its get and counts only grow: reading all puts before all
-    // gets keeps the snapshot's live count from going below zero.
+    // and previous swap) and none is freed, so reading them is safe. Each
+    // magazine word is read once, and its gets, puts and rounds all come
+    // from that one reading: a get/put pair that runs while the reader
+    // looks elsewhere then changes both sums or neither, so live is off by
+    // at most the objects moving between CPUs as we read, never by the
+    // number of operations (a reader preempted for a millisecond would
+    // otherwise count every pair of that millisecond as live).
     os::guard g(c->dep.lock);
-    puts = c->puts.load(std::memory_order_acquire) + sum_slots(c, puts_of);
-    gets = sum_slots(c, gets_of) + c->gets.load(std::memory_order_acquire);
-    cached = sum_slots(c, rounds_of) + c->dep.full_rounds;
+    for (unsigned cpu = 0; cpu < percpu::ncpus(); ++cpu) {
+      magazine *pair[2];
+      slot_pair(c, cpu, pair);
+      for (magazine *m : pair) {
+        if (!m) continue;
+        uint64_t w = word_of(m);
+        gets += gets_of(w);
+        puts += puts_of(w);
+        cached += rounds_of(w);
+      }
+    }
+    gets += c->gets.load(std::memory_order_acquire);
+    puts += c->puts.load(std::memory_order_acquire);
+    cached += c->dep.full_rounds;
+    for (auto &slot : c->spill) cached += slot.load(std::memory_order_relaxed) != nullptr;
     out->depot_full = c->dep.nfull;
     out->depot_empty = c->dep.nempty;
   }
+  if (puts > gets) puts = gets;  // an object put on a CPU read after the one it came from
   out->gets = gets;
   out->puts = puts;
   out->live = gets - puts;

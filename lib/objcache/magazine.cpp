@@ -21,8 +21,11 @@ static_assert(mag_size_count == 5, "one lazy zone per magazine size");
 }  // namespace
 
 magazine *mag_alloc(unsigned index, int flags) {
-  slab::zone *z = g_zones[index].get();
-  if (!z) return nullptr;
+  slab::zone *z = g_zones[index].made.load(std::memory_order_acquire);
+  // Making the zone waits for locks: not from a handler that interrupted
+  // library code (a put there does without a new magazine).
+  if (!z && (flags & SR_NOWAIT) && os::reentered()) return nullptr;
+  if (!z && !(z = g_zones[index].make())) return nullptr;
   auto *m = static_cast<magazine *>(slab::alloc(z, flags & (SR_NOWAIT | SR_USE_RESERVE)));
   if (!m) return nullptr;
   m->word = 0;

@@ -49,10 +49,12 @@ void put_slow(cache *c, void *obj);
 
 // get and put, inline for the layers above: one restartable sequence on the
 // loaded magazine. obj must belong to the cache (callers check; see
-// slab::holds).
+// slab::holds). put, and get with SR_NOWAIT, are async-signal-safe: they
+// never wait for a lock the interrupted frame may hold (cache.cpp, Signals).
 SR_RSEQ_FN void *get_inline(cache *c, int flags) {
   auto *h = reinterpret_cast<cache_head *>(c);
-  if (uintptr_t obj = percpu::stack_pop(h->loaded_off); __builtin_expect(obj != 0, 1))
+  os::wait w = flags & SR_NOWAIT ? os::wait::no : os::wait::yes;  // lock mode only
+  if (uintptr_t obj = percpu::stack_pop(h->loaded_off, w); __builtin_expect(obj != 0, 1))
     return reinterpret_cast<void *>(obj);
   return get_slow(c, flags);
 }
@@ -61,7 +63,8 @@ SR_RSEQ_FN void put_inline(cache *c, void *obj) {
   auto *h = reinterpret_cast<cache_head *>(c);
   // Someone sleeps at the limit: this object must be destroyed, not cached.
   if (__builtin_expect(h->waiters.load(std::memory_order_relaxed) == 0, 1) &&
-      __builtin_expect(percpu::stack_push(h->loaded_off, reinterpret_cast<uintptr_t>(obj)), 1))
+      __builtin_expect(percpu::stack_push(h->loaded_off, reinterpret_cast<uintptr_t>(obj),
+                                          os::wait::unless_reentered), 1))
     return;
   put_slow(c, obj);
 }

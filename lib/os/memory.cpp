@@ -31,7 +31,7 @@ bool admit() {
 }
 
 void account_mapped(size_t size, use u) {
-  if (u == use::metadata) g.metadata.fetch_add(size, std::memory_order_relaxed);
+  if (u != use::data) g.metadata.fetch_add(size, std::memory_order_relaxed);
   uint64_t now = g.mapped.fetch_add(size, std::memory_order_relaxed) + size;
   uint64_t peak = g.peak.load(std::memory_order_relaxed);
   while (now > peak && !g.peak.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
@@ -53,7 +53,7 @@ void *map(size_t size, size_t align, use u) {
     errno = EINVAL;
     return nullptr;
   }
-  if (!admit()) {
+  if (u != use::bootstrap && !admit()) {
     g.refused.fetch_add(1, std::memory_order_relaxed);
     errno = ENOMEM;
     return nullptr;
@@ -89,7 +89,7 @@ void *map(size_t size, size_t align, use u) {
 void unmap(void *p, size_t size, use u) {
   if (!p || size == 0) return;
   ::munmap(p, size);
-  if (u == use::metadata) g.metadata.fetch_sub(size, std::memory_order_relaxed);
+  if (u != use::data) g.metadata.fetch_sub(size, std::memory_order_relaxed);
   g.unmap_calls.fetch_add(1, std::memory_order_relaxed);
   g.mapped.fetch_sub(size, std::memory_order_relaxed);
   g.released.fetch_add(size, std::memory_order_relaxed);

@@ -13,7 +13,10 @@ namespace sysref::os {
 // refuse it, and then it returns nullptr with errno = ENOMEM, as mmap would.
 // `use` only splits the counters: the library's own bookkeeping (per-CPU
 // region, page map, internal zones) is metadata, everything else is data.
-enum class use : uint8_t { data, metadata };
+// `bootstrap` is metadata that fault injection never refuses: the library's
+// own one-time structures (the per-CPU region, page-map leaves), so that a
+// zone with a reserve works before the page provider ever said yes.
+enum class use : uint8_t { data, metadata, bootstrap };
 void *map(size_t size, size_t align, use u = use::data);
 void unmap(void *p, size_t size, use u = use::data);
 // Give the physical pages back but keep the range mapped (reads as zero).
@@ -55,30 +58,69 @@ void futex_wake(std::atomic<uint32_t> *word, int n);
 // futex_wait with a timeout in milliseconds.
 void futex_wait_for(std::atomic<uint32_t> *word, uint32_t expected, unsigned ms);
 
+// Library locks this thread holds or is acquiring. Non-zero inside a signal
+// handler means the handler interrupted library code that may hold the very
+// lock the handler would wait for: there, frees and SR_NOWAIT gets must not
+// wait (the signal promise in objcache(3)). Counted before the lock word is
+// taken and after it is given back, so a handler never sees zero while the
+// interrupted frame holds a lock.
+extern constinit thread_local unsigned t_locks_held [[gnu::tls_model("initial-exec")]];
+inline bool reentered() { return t_locks_held != 0; }
+
+// How a caller may wait for a lock:
+//   yes:              as long as it takes;
+//   unless_reentered: as long as it takes, unless this thread already holds a
+//                     library lock (a handler that interrupted one): then only
+//                     if it is free at once;
+//   no:               only if it is free at once (SR_NOWAIT).
+enum class wait : uint8_t { yes, unless_reentered, no };
+
 class lock {
  public:
   void acquire() {
+    enter();
     uint32_t c = 0;
     if (!word_.compare_exchange_strong(c, 1, std::memory_order_acquire)) slow_acquire();
   }
   bool try_acquire() {
+    enter();
     uint32_t c = 0;
-    return word_.compare_exchange_strong(c, 1, std::memory_order_acquire);
+    if (word_.compare_exchange_strong(c, 1, std::memory_order_acquire)) return true;
+    leave();
+    return false;
+  }
+  // False: not taken, because w did not allow waiting for it.
+  bool acquire(wait w) {
+    if (w == wait::no || (w == wait::unless_reentered && reentered())) return try_acquire();
+    acquire();
+    return true;
   }
   void release() {
     if (word_.exchange(0, std::memory_order_release) == 2) futex_wake(&word_, 1);
+    leave();
   }
   void reset() { word_.store(0, std::memory_order_relaxed); }  // after fork, in the child
   bool held() const { return word_.load(std::memory_order_relaxed) != 0; }
 
  private:
+  static void enter() {
+    ++t_locks_held;
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+  }
+  static void leave() {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    --t_locks_held;
+  }
   void slow_acquire();
   std::atomic<uint32_t> word_{0};  // 0 free, 1 held, 2 held with waiters
 };
 
+inline constexpr struct adopt_t {} adopt;  // guard a lock already taken
+
 class guard {
  public:
   explicit guard(lock &l) : l_(l) { l_.acquire(); }
+  guard(lock &l, adopt_t) : l_(l) {}
   ~guard() { l_.release(); }
   guard(const guard &) = delete;
   guard &operator=(const guard &) = delete;

@@ -159,6 +159,8 @@ void futex_wake(std::atomic<uint32_t> *word, int n) {
             0);
 }
 
+constinit thread_local unsigned t_locks_held = 0;
+
 void lock::slow_acquire() {
   // Spin briefly: critical sections here are short, a sleep costs microseconds.
   for (int i = 0; i < 64; ++i) {

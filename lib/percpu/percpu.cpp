@@ -71,7 +71,7 @@ bool ensure_init() {
     if (g_state.compare_exchange_strong(s, 1, std::memory_order_acq_rel)) break;
   }
   unsigned n = os::cpu_count();
-  void *base = os::map(size_t{n} << cpu_shift, os::page_size(), os::use::metadata);
+  void *base = os::map(size_t{n} << cpu_shift, os::page_size(), os::use::bootstrap);
   if (!base) {
     g_state.store(3, std::memory_order_release);
     errno = ENOMEM;
@@ -150,7 +150,7 @@ bool cas16(uintptr_t *p, uintptr_t e0, uintptr_t e1, uintptr_t n0, uintptr_t n1)
 }  // namespace
 #endif
 
-bool take_pair(unsigned cpu, size_t offset, uintptr_t out[2]) {
+bool take_pair(unsigned cpu, size_t offset, uintptr_t out[2], os::wait wt) {
   auto *w = reinterpret_cast<uintptr_t *>(address(cpu, offset));
 #if SYSREF_HAVE_RSEQ
   if (g_region.m == mode::rseq) {
@@ -170,7 +170,9 @@ bool take_pair(unsigned cpu, size_t offset, uintptr_t out[2]) {
     }
   }
 #endif
-  os::guard g(slot_lock_of(cpu, offset));
+  os::lock &l = slot_lock_of(cpu, offset);
+  if (!l.acquire(wt)) return false;
+  os::guard g(l, os::adopt);
   out[0] = w[0];
   out[1] = w[1];
   __atomic_store_n(&w[0], uintptr_t{0}, __ATOMIC_RELAXED);
@@ -185,48 +187,67 @@ uint64_t sum(size_t offset) {
 }
 
 // In lock mode the words are written with relaxed atomic stores: statistics
-// readers on other CPUs peek at them without the lock.
-bool locked_pop_counted(size_t w_offset, uintptr_t mask, uintptr_t *out) {
-  unsigned cpu = os::current_cpu();
-  os::guard g(slot_lock_of(cpu, w_offset));
-  uintptr_t &w = word(cpu, w_offset), &pops = word(cpu, w_offset - 8);
+// readers on other CPUs peek at them without the lock. Counters are added
+// with atomic read-modify-writes, since add() takes no lock.
+namespace {
+
+// The current CPU's slot lock for offset, taken as w allows (nullptr: not
+// taken). The guard releases it.
+struct slot_guard {
+  os::lock *l = nullptr;
+  unsigned cpu;
+  slot_guard(size_t offset, os::wait w) : cpu(os::current_cpu()) {
+    os::lock &candidate = slot_lock_of(cpu, offset);
+    if (candidate.acquire(w)) l = &candidate;
+  }
+  ~slot_guard() {
+    if (l) l->release();
+  }
+  explicit operator bool() const { return l != nullptr; }
+  slot_guard(const slot_guard &) = delete;
+  slot_guard &operator=(const slot_guard &) = delete;
+};
+
+void count(uintptr_t &counter, uint64_t n) { __atomic_fetch_add(&counter, n, __ATOMIC_RELAXED); }
+
+}  // namespace
+
+bool locked_pop_counted(size_t w_offset, uintptr_t mask, uintptr_t *out, os::wait wt) {
+  slot_guard g(w_offset, wt);
+  if (!g) return false;
+  uintptr_t &w = word(g.cpu, w_offset);
   if ((w & mask) == 0) return false;
   *out = w;
   __atomic_store_n(&w, *reinterpret_cast<uintptr_t *>(w), __ATOMIC_RELAXED);
-  __atomic_store_n(&pops, pops + 1, __ATOMIC_RELAXED);
+  count(word(g.cpu, w_offset - 8), 1);
   return true;
 }
 
 int locked_push_counted(size_t w_offset, uintptr_t notmask, uintptr_t owner, uintptr_t obj,
-                        uintptr_t tag) {
-  unsigned cpu = os::current_cpu();
-  os::guard g(slot_lock_of(cpu, w_offset));
-  uintptr_t &w = word(cpu, w_offset), &pushes = word(cpu, w_offset + 8);
+                        uintptr_t tag, os::wait wt) {
+  slot_guard g(w_offset, wt);
+  if (!g) return not_owner;  // nothing written: the caller's slow path checks
+  uintptr_t &w = word(g.cpu, w_offset);
   if ((w & notmask) != owner) return not_owner;
   auto *o = reinterpret_cast<uintptr_t *>(obj);
   if (o[1] == tag) return duplicate;
   o[1] = tag;
   o[0] = w;
   __atomic_store_n(&w, obj, __ATOMIC_RELAXED);
-  __atomic_store_n(&pushes, pushes + 1, __ATOMIC_RELAXED);
+  count(word(g.cpu, w_offset + 8), 1);
   return pushed;
 }
 
-bool locked_compare_store(size_t offset, uintptr_t expect, uintptr_t desired) {
-  unsigned cpu = os::current_cpu();
-  os::guard g(slot_lock_of(cpu, offset));
-  uintptr_t &w = word(cpu, offset);
+bool locked_compare_store(size_t offset, uintptr_t expect, uintptr_t desired, os::wait wt) {
+  slot_guard g(offset, wt);
+  if (!g) return false;
+  uintptr_t &w = word(g.cpu, offset);
   if (w != expect) return false;
   __atomic_store_n(&w, desired, __ATOMIC_RELAXED);
   return true;
 }
 
-void locked_add(size_t offset, uint64_t n) {
-  unsigned cpu = os::current_cpu();
-  os::guard g(slot_lock_of(cpu, offset));
-  // Readers on other CPUs peek without the lock: keep the store whole.
-  __atomic_store_n(&word(cpu, offset), word(cpu, offset) + n, __ATOMIC_RELAXED);
-}
+void locked_add(size_t offset, uint64_t n) { count(word(os::current_cpu(), offset), n); }
 
 // Counted stacks in lock mode. Stack words are read by statistics on other
 // CPUs, so they are stored whole (relaxed atomics).
@@ -236,10 +257,10 @@ uint32_t stack_capacity(uintptr_t stack) { return *reinterpret_cast<uint32_t *>(
 uintptr_t *stack_items(uintptr_t stack) { return reinterpret_cast<uintptr_t *>(stack + 24); }
 }  // namespace
 
-bool locked_stack_pop(size_t offset, uint64_t limit, uint64_t delta, uintptr_t *out) {
-  unsigned cpu = os::current_cpu();
-  os::guard g(slot_lock_of(cpu, offset));
-  uintptr_t stack = word(cpu, offset);
+bool locked_stack_pop(size_t offset, uint64_t limit, uint64_t delta, uintptr_t *out, os::wait wt) {
+  slot_guard g(offset, wt);
+  if (!g) return false;
+  uintptr_t stack = word(g.cpu, offset);
   if (!stack) return false;
   uint64_t w = stack_word(stack);
   uint64_t n = w & stack_count_mask;
@@ -249,10 +270,10 @@ bool locked_stack_pop(size_t offset, uint64_t limit, uint64_t delta, uintptr_t *
   return true;
 }
 
-bool locked_stack_push(size_t offset, uint64_t delta, uintptr_t obj) {
-  unsigned cpu = os::current_cpu();
-  os::guard g(slot_lock_of(cpu, offset));
-  uintptr_t stack = word(cpu, offset);
+bool locked_stack_push(size_t offset, uint64_t delta, uintptr_t obj, os::wait wt) {
+  slot_guard g(offset, wt);
+  if (!g) return false;
+  uintptr_t stack = word(g.cpu, offset);
   if (!stack) return false;
   uint64_t w = stack_word(stack);
   uint64_t n = w & stack_count_mask;
@@ -262,21 +283,21 @@ bool locked_stack_push(size_t offset, uint64_t delta, uintptr_t obj) {
   return true;
 }
 
-bool locked_compare_store_pair(size_t offset, uintptr_t e0, uintptr_t e1, uintptr_t n0,
-                               uintptr_t n1) {
-  unsigned cpu = os::current_cpu();
-  os::guard g(slot_lock_of(cpu, offset));
-  uintptr_t &w0 = word(cpu, offset), &w1 = word(cpu, offset + 8);
+bool locked_compare_store_pair(size_t offset, uintptr_t e0, uintptr_t e1, uintptr_t n0, uintptr_t n1,
+                               os::wait wt) {
+  slot_guard g(offset, wt);
+  if (!g) return false;
+  uintptr_t &w0 = word(g.cpu, offset), &w1 = word(g.cpu, offset + 8);
   if (w0 != e0 || w1 != e1) return false;
   __atomic_store_n(&w0, n0, __ATOMIC_RELAXED);
   __atomic_store_n(&w1, n1, __ATOMIC_RELAXED);
   return true;
 }
 
-bool locked_stack_swap_if(size_t offset, bool want_rounds) {
-  unsigned cpu = os::current_cpu();
-  os::guard g(slot_lock_of(cpu, offset));
-  uintptr_t &loaded = word(cpu, offset), &prev = word(cpu, offset + 8);
+bool locked_stack_swap_if(size_t offset, bool want_rounds, os::wait wt) {
+  slot_guard g(offset, wt);
+  if (!g) return false;
+  uintptr_t &loaded = word(g.cpu, offset), &prev = word(g.cpu, offset + 8);
   if (!prev) return false;
   uint64_t n = stack_word(prev) & stack_count_mask;
   if (want_rounds ? n == 0 : n >= stack_capacity(prev)) return false;
@@ -286,10 +307,10 @@ bool locked_stack_swap_if(size_t offset, bool want_rounds) {
   return true;
 }
 
-bool locked_stack_take_counts(size_t offset, uint64_t limit, uint64_t *out) {
-  unsigned cpu = os::current_cpu();
-  os::guard g(slot_lock_of(cpu, offset));
-  uintptr_t stack = word(cpu, offset);
+bool locked_stack_take_counts(size_t offset, uint64_t limit, uint64_t *out, os::wait wt) {
+  slot_guard g(offset, wt);
+  if (!g) return false;
+  uintptr_t stack = word(g.cpu, offset);
   if (!stack || stack_word(stack) < limit) return false;
   *out = stack_word(stack);
   __atomic_store_n(&stack_word(stack), *out & stack_count_mask, __ATOMIC_RELAXED);

@@ -18,6 +18,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "../os/os.hpp"
+
 #if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
 #define SYSREF_HAVE_RSEQ 1
 #include "rseq_x86_64.hpp"
@@ -71,28 +73,36 @@ uint64_t sum(size_t offset);  // a counter summed over every CPU
 // membarrier fence of that CPU; lock mode: the slot lock). The caller must
 // make sure nothing but swaps of the two words can race with it. False when
 // the pair was already empty or the kernel offers no fence.
-bool take_pair(unsigned cpu, size_t offset, uintptr_t out[2]);
+bool take_pair(unsigned cpu, size_t offset, uintptr_t out[2], os::wait w = os::wait::yes);
 
-// Fallback implementations (lock mode).
-bool locked_pop_counted(size_t w_offset, uintptr_t mask, uintptr_t *out);
+// Fallback implementations (lock mode). Each takes the slot lock as w
+// allows; when it may not wait and the lock is busy, it reports what the
+// caller treats as "not now" (empty, full, mismatch, not_owner), so every
+// caller already has a way forward. Counters are added with atomic
+// read-modify-writes, so add() needs no lock at all.
+bool locked_pop_counted(size_t w_offset, uintptr_t mask, uintptr_t *out, os::wait w);
 int locked_push_counted(size_t w_offset, uintptr_t notmask, uintptr_t owner, uintptr_t obj,
-                        uintptr_t tag);
-bool locked_compare_store(size_t offset, uintptr_t expect, uintptr_t desired);
+                        uintptr_t tag, os::wait w);
+bool locked_compare_store(size_t offset, uintptr_t expect, uintptr_t desired, os::wait w);
 void locked_add(size_t offset, uint64_t n);
-bool locked_stack_pop(size_t offset, uint64_t limit, uint64_t delta, uintptr_t *out);
-bool locked_stack_push(size_t offset, uint64_t delta, uintptr_t obj);
-bool locked_compare_store_pair(size_t offset, uintptr_t e0, uintptr_t e1, uintptr_t n0, uintptr_t n1);
-bool locked_stack_swap_if(size_t offset, bool want_rounds);
-bool locked_stack_take_counts(size_t offset, uint64_t limit, uint64_t *out);
+bool locked_stack_pop(size_t offset, uint64_t limit, uint64_t delta, uintptr_t *out, os::wait w);
+bool locked_stack_push(size_t offset, uint64_t delta, uintptr_t obj, os::wait w);
+bool locked_compare_store_pair(size_t offset, uintptr_t e0, uintptr_t e1, uintptr_t n0, uintptr_t n1,
+                               os::wait w);
+bool locked_stack_swap_if(size_t offset, bool want_rounds, os::wait w);
+bool locked_stack_take_counts(size_t offset, uint64_t limit, uint64_t *out, os::wait w);
 
 // ---- operations on the current CPU's copy of a slot word -------------------
+// Every operation takes an os::wait: it matters only in lock mode (rseq
+// sections never wait). Frees pass unless_reentered, SR_NOWAIT gets pass no.
+//
 // Counted lists: three words [pops][W][pushes], w_offset 16-byte aligned minus
 // 8 (so slot + 16 is the usual place for W). W heads a list of elements linked
 // through their first word; W & mask == 0 means empty. Every pop and push
 // counts itself in the same committing store, so the counters are exact.
 //
 // Pop: on success *out is the popped element and W became its first word.
-SR_RSEQ_FN bool pop_counted(size_t w_offset, uintptr_t mask, uintptr_t *out) {
+SR_RSEQ_FN bool pop_counted(size_t w_offset, uintptr_t mask, uintptr_t *out, os::wait w = os::wait::yes) {
 #if SYSREF_HAVE_RSEQ
   if (__builtin_expect(g_region.m == mode::rseq, 1)) {
     for (;;) {
@@ -101,28 +111,37 @@ SR_RSEQ_FN bool pop_counted(size_t w_offset, uintptr_t mask, uintptr_t *out) {
     }
   }
 #endif
-  return locked_pop_counted(w_offset, mask, out);
+  return locked_pop_counted(w_offset, mask, out, w);
 }
 
-enum push_result { pushed = 0, not_owner = 1, duplicate = 2 };
+// not_owner_tagged: not pushed, and obj[1] may hold tag because an aborted
+// attempt stored it after the duplicate check had passed (so the caller must
+// not read that tag as a sign of a double free).
+enum push_result { pushed = 0, not_owner = 1, duplicate = 2, not_owner_tagged = 3 };
 
 // Push obj if the list belongs to owner (W & notmask == owner), storing tag in
 // obj's second word; `duplicate` (nothing written) if that word already held
-// tag.
+// tag. An attempt that aborts after its check passed is retried without the
+// check (the tag it may have stored is its own); one that aborts before is
+// retried with it, so a real double free is never pushed twice.
 SR_RSEQ_FN push_result push_counted(size_t w_offset, uintptr_t notmask, uintptr_t owner,
-                                    uintptr_t obj, uintptr_t tag) {
+                                    uintptr_t obj, uintptr_t tag, os::wait w = os::wait::yes) {
 #if SYSREF_HAVE_RSEQ
   if (__builtin_expect(g_region.m == mode::rseq, 1)) {
-    int r = rseq_x86::push_counted<true>(g_region.base + w_offset, notmask, owner, obj, tag);
+    uintptr_t base = g_region.base + w_offset, checked = 0;
+    int r = rseq_x86::push_counted<true>(base, notmask, owner, obj, tag, &checked);
     while (r == rseq_x86::aborted)
-      r = rseq_x86::push_counted<false>(g_region.base + w_offset, notmask, owner, obj, tag);
+      r = checked ? rseq_x86::push_counted<false>(base, notmask, owner, obj, tag, &checked)
+                  : rseq_x86::push_counted<true>(base, notmask, owner, obj, tag, &checked);
+    if (r == not_owner && checked) return not_owner_tagged;
     return static_cast<push_result>(r);
   }
 #endif
-  return static_cast<push_result>(locked_push_counted(w_offset, notmask, owner, obj, tag));
+  return static_cast<push_result>(locked_push_counted(w_offset, notmask, owner, obj, tag, w));
 }
 
-SR_RSEQ_FN bool compare_store(size_t offset, uintptr_t expect, uintptr_t desired) {
+SR_RSEQ_FN bool compare_store(size_t offset, uintptr_t expect, uintptr_t desired,
+                              os::wait w = os::wait::yes) {
 #if SYSREF_HAVE_RSEQ
   if (__builtin_expect(g_region.m == mode::rseq, 1)) {
     for (;;) {
@@ -131,9 +150,10 @@ SR_RSEQ_FN bool compare_store(size_t offset, uintptr_t expect, uintptr_t desired
     }
   }
 #endif
-  return locked_compare_store(offset, expect, desired);
+  return locked_compare_store(offset, expect, desired, w);
 }
 
+// Never waits, in either mode.
 SR_RSEQ_FN void add(size_t offset, uint64_t n) {
 #if SYSREF_HAVE_RSEQ
   if (__builtin_expect(g_region.m == mode::rseq, 1)) {
@@ -159,27 +179,27 @@ inline constexpr uint64_t stack_fold_limit = ((uint64_t{1} << 27) - 4096) << sta
 
 // The popped item, or 0 when there is no stack, it is empty, or its counters
 // must be folded first.
-SR_RSEQ_FN uintptr_t stack_pop(size_t offset) {
+SR_RSEQ_FN uintptr_t stack_pop(size_t offset, os::wait w = os::wait::yes) {
 #if SYSREF_HAVE_RSEQ
   if (__builtin_expect(g_region.m == mode::rseq, 1))
     return rseq_x86::stack_pop(g_region.rseq_off, g_region.base + offset, stack_fold_limit,
                                stack_pop_delta);
 #endif
   uintptr_t out;
-  return locked_stack_pop(offset, stack_fold_limit, stack_pop_delta, &out) ? out : 0;
+  return locked_stack_pop(offset, stack_fold_limit, stack_pop_delta, &out, w) ? out : 0;
 }
 
-SR_RSEQ_FN bool stack_push(size_t offset, uintptr_t obj) {
+SR_RSEQ_FN bool stack_push(size_t offset, uintptr_t obj, os::wait w = os::wait::yes) {
 #if SYSREF_HAVE_RSEQ
   if (__builtin_expect(g_region.m == mode::rseq, 1))
     return rseq_x86::stack_push(g_region.rseq_off, g_region.base + offset, stack_push_delta, obj);
 #endif
-  return locked_stack_push(offset, stack_push_delta, obj);
+  return locked_stack_push(offset, stack_push_delta, obj, w);
 }
 
 // If the two words at offset are {e0, e1}, store {n0, n1}, as one commit.
 SR_RSEQ_FN bool compare_store_pair(size_t offset, uintptr_t e0, uintptr_t e1, uintptr_t n0,
-                                   uintptr_t n1) {
+                                   uintptr_t n1, os::wait w = os::wait::yes) {
 #if SYSREF_HAVE_RSEQ
   if (__builtin_expect(g_region.m == mode::rseq, 1)) {
     for (;;) {
@@ -188,13 +208,13 @@ SR_RSEQ_FN bool compare_store_pair(size_t offset, uintptr_t e0, uintptr_t e1, ui
     }
   }
 #endif
-  return locked_compare_store_pair(offset, e0, e1, n0, n1);
+  return locked_compare_store_pair(offset, e0, e1, n0, n1, w);
 }
 
 // Slot words {loaded, prev} at offset: swap them if prev has rounds
 // (want_rounds) or room (!want_rounds). Prev is examined only inside the
 // critical section, where it cannot leave the slot.
-SR_RSEQ_FN bool stack_swap_if(size_t offset, bool want_rounds) {
+SR_RSEQ_FN bool stack_swap_if(size_t offset, bool want_rounds, os::wait w = os::wait::yes) {
 #if SYSREF_HAVE_RSEQ
   if (__builtin_expect(g_region.m == mode::rseq, 1)) {
     for (;;) {
@@ -204,12 +224,12 @@ SR_RSEQ_FN bool stack_swap_if(size_t offset, bool want_rounds) {
     }
   }
 #endif
-  return locked_stack_swap_if(offset, want_rounds);
+  return locked_stack_swap_if(offset, want_rounds, w);
 }
 
 // If the loaded stack's counters have reached stack_fold_limit, move them out:
 // *out gets the old word, the stack keeps only its count.
-SR_RSEQ_FN bool stack_take_counts(size_t offset, uint64_t *out) {
+SR_RSEQ_FN bool stack_take_counts(size_t offset, uint64_t *out, os::wait w = os::wait::yes) {
 #if SYSREF_HAVE_RSEQ
   if (__builtin_expect(g_region.m == mode::rseq, 1)) {
     for (;;) {
@@ -218,7 +238,7 @@ SR_RSEQ_FN bool stack_take_counts(size_t offset, uint64_t *out) {
     }
   }
 #endif
-  return locked_stack_take_counts(offset, stack_fold_limit, out);
+  return locked_stack_take_counts(offset, stack_fold_limit, out, w);
 }
 
 }  // namespace sysref::percpu

@@ -106,14 +106,16 @@ abort:
 
 // Push obj if the list belongs to owner (W & notmask == owner), storing tag
 // in obj's second word: *obj = W, obj[1] = tag, then commit
-// {W = obj, pushes + 1}. With Check, a second word already equal to tag is
-// reported (duplicate) before anything is written; the check runs only once
-// the list is known to be owner's, so obj is memory the caller may read. A
-// retry after an abort must not check again: the aborted attempt may have
-// stored the tag.
+// {W = obj, pushes + 1}. Both stores to obj come before the commit, so an
+// aborted attempt may leave tag in obj[1] without having pushed obj.
+// With Check, a second word already equal to tag is reported (duplicate)
+// before anything is written, and *checked is set to 1 once the check passed
+// and before tag is stored: the caller learns whether tag in obj[1] may be
+// its own doing. The check runs only once the list is known to be owner's,
+// so obj is memory the caller may read.
 template <bool Check>
 SR_RSEQ_FN int push_counted(uintptr_t base, uintptr_t notmask, uintptr_t owner, uintptr_t obj,
-                            uintptr_t tag) {
+                            uintptr_t tag, uintptr_t *checked) {
   asm goto(SR_RSEQ_PROLOGUE
            "movq (%%rax), %%rcx\n\t"
            "movq %%rcx, %%rdx\n\t"
@@ -123,6 +125,7 @@ SR_RSEQ_FN int push_counted(uintptr_t base, uintptr_t notmask, uintptr_t owner, 
            ".if %c[check]\n\t"
            "cmpq %[tag], 8(%[obj])\n\t"
            "je %l[duplicate]\n\t"
+           "movq $1, (%[checked])\n\t"
            ".endif\n\t"
            "movq %[tag], 8(%[obj])\n\t"
            "movq %%rcx, (%[obj])\n\t"
@@ -132,7 +135,8 @@ SR_RSEQ_FN int push_counted(uintptr_t base, uintptr_t notmask, uintptr_t owner, 
            SR_RSEQ_EPILOGUE
            :
            : [roff] "r"(rseq_offset()), [base] "r"(base), [notmask] "r"(notmask),
-             [owner] "r"(owner), [obj] "r"(obj), [tag] "r"(tag), [check] "i"(Check ? 1 : 0)
+             [owner] "r"(owner), [obj] "r"(obj), [tag] "r"(tag), [checked] "r"(checked),
+             [check] "i"(Check ? 1 : 0)
            : "rax", "rcx", "rdx", "xmm0", "xmm1", "memory", "cc"
            : mismatch_, duplicate, abort);
   return ok;

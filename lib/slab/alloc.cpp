@@ -7,6 +7,8 @@
 // otherwise bind another slab to the CPU (partial, spare, reserve, or one
 // mapped now) and retire the exhausted one. After the lock is dropped the
 // caller may map spare slabs ahead of demand (proactive refill).
+// SR_NOWAIT takes every lock only if it is free at once; a free never waits
+// for the zone lock (the deferred stack, zone.hpp).
 #include <cerrno>
 #include <cstring>
 
@@ -58,12 +60,10 @@ uintptr_t carve(zone *z, slab *s, uint32_t max) {
   return first;
 }
 
-// Objects for the slot from the slab's own stores (lock held): the remote
-// stack, the locked free list, or the unused tail. Base if none.
-uintptr_t take_objects(zone *z, slab *s) {
+// Objects for the slot from a slab's locked stores (lock held): its free
+// list, or else up to a batch of its unused tail. Base if none.
+uintptr_t take_local(zone *z, slab *s) {
   uintptr_t base = base_of(s);
-  if (s->remote.load(std::memory_order_relaxed) != base)
-    return s->remote.exchange(base, std::memory_order_acquire);
   if (s->free != base) {
     uintptr_t list = s->free;
     s->nfree -= list_length(list, base);
@@ -71,6 +71,15 @@ uintptr_t take_objects(zone *z, slab *s) {
     return list;
   }
   return carve(z, s, z->batch);
+}
+
+// Objects for the slot from the active slab (lock held): its remote frees
+// first, then its locked stores.
+uintptr_t take_objects(zone *z, slab *s) {
+  uintptr_t base = base_of(s);
+  if (s->remote.load(std::memory_order_relaxed) != base)
+    return s->remote.exchange(base, std::memory_order_acquire);
+  return take_local(z, s);
 }
 
 // The slab stops being bound to a CPU (lock held): collect its remote frees,
@@ -145,20 +154,32 @@ void proactive_refill(zone *z) {
 }  // namespace
 
 void *alloc_slow(zone *z, int flags) {
+  const bool nowait = flags & SR_NOWAIT;
+  const os::wait w = nowait ? os::wait::no : os::wait::yes;
+  if (!z->lock.acquire(w)) {
+    errno = ENOMEM;
+    return nullptr;
+  }
   slab *to_unmap = nullptr;
+  drain_deferred(z, &to_unmap);
   uintptr_t emergency = 0;
   bool refill = false, failed = false;
-  z->lock.acquire();
-  for (;;) {
+  for (int misses = 0;;) {
     unsigned cpu = percpu::current_cpu();
-    uintptr_t w = percpu::peek(cpu, z->w_off());
-    if (w & z->mask) break;  // the slot has objects again: back to the fast path
-    slab *s = w ? reinterpret_cast<slab *>(w) : nullptr;
+    uintptr_t cur = percpu::peek(cpu, z->w_off());
+    if (cur & z->mask) break;  // the slot has objects again: back to the fast path
+    slab *s = cur ? reinterpret_cast<slab *>(cur) : nullptr;
+    // Under SR_NOWAIT in lock mode the slot lock may be out of reach (held
+    // by the frame a signal handler interrupted): give up, never spin.
+    if (nowait && misses++ > 2) {
+      failed = true;
+      break;
+    }
     if (s) {
       uintptr_t list = take_objects(z, s);
-      if (list == w) {
+      if (list == cur) {
         // exhausted: fall through to bind another slab
-      } else if (percpu::compare_store(z->w_off(), w, list)) {
+      } else if (percpu::compare_store(z->w_off(), cur, list, w)) {
         break;
       } else {
         give_to_free(s, list);  // the slot changed under us (or we moved): retry
@@ -171,24 +192,29 @@ void *alloc_slow(zone *z, int flags) {
       failed = true;
       break;
     }
-    if (percpu::peek(percpu::current_cpu(), z->w_off()) != w) continue;  // changed while mapping
-    n->remote.store(base_of(n), std::memory_order_relaxed);
-    uintptr_t list = take_objects(z, n);
-    if (!percpu::compare_store(z->w_off(), w, list)) {
+    if (percpu::peek(percpu::current_cpu(), z->w_off()) != cur) continue;  // changed while mapping
+    // n is detached: its remote frees went to the lock, which we hold.
+    uintptr_t list = take_local(z, n);
+    if (!percpu::compare_store(z->w_off(), cur, list, w)) {
       give_to_free(n, list);
-      n->remote.store(base_of(n) | detached_bit, std::memory_order_relaxed);
       continue;
     }
+    n->remote.store(base_of(n), std::memory_order_release);  // bound: remote frees go lock-free
     refill = n->list == where::spare;
     move(z, n, where::active);
-    if (s) to_unmap = detach(z, s);
+    if (s) {
+      if (slab *e = detach(z, s)) {
+        e->next = to_unmap;
+        to_unmap = e;
+      }
+    }
     break;
   }
   refill = refill && z->on(where::spare).count < z->spare_low;
   z->lock.release();
 
-  if (to_unmap) unmap_slab(z, to_unmap);
-  if (refill && !(flags & SR_NOWAIT)) proactive_refill(z);
+  unmap_chain(z, to_unmap);
+  if (refill && !nowait) proactive_refill(z);
   if (emergency) {
     percpu::add(z->allocs_off(), 1);  // not popped from a slot: count it here
     return hand_out(z, emergency, flags);
@@ -197,7 +223,16 @@ void *alloc_slow(zone *z, int flags) {
     errno = ENOMEM;
     return nullptr;
   }
-  return alloc(z, flags);
+  // The slot has objects now. Other threads on this CPU may take them
+  // first: a plain request goes round again; SR_NOWAIT, whose pop may also
+  // find the slot lock out of reach (lock mode, in a signal handler), fails.
+  uintptr_t obj;
+  if (pop_object(z, flags, &obj)) return hand_out(z, obj, flags);
+  if (nowait) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  return alloc_slow(z, flags);
 }
 
 void corrupted(zone *z, uintptr_t obj) {
@@ -209,36 +244,68 @@ void bad_free(zone *z, void *ptr, const char *what) {
   z->errors.fetch_add(1, std::memory_order_relaxed);
 }
 
-void free_slow(zone *z, uintptr_t p) {
+namespace {
+
+// p goes back to its slab's locked list (lock held). Returns the slab if it
+// became empty and must be unmapped.
+slab *free_locked(zone *z, slab *s, uintptr_t p) {
+  words(p)[0] = s->free;
+  s->free = p;
+  ++s->nfree;
+  if (s->list == where::active) return nullptr;  // bound again meanwhile: its CPU takes it
+  if (s->nfree == z->nobjs) return retire_empty(z, s);
+  if (s->nfree == 1) move(z, s, s->is_reserve ? where::reserve : where::partial);
+  return nullptr;
+}
+
+}  // namespace
+
+void drain_deferred(zone *z, slab **unmap) {
+  if (!z->deferred.load(std::memory_order_relaxed)) return;
+  uintptr_t p = z->deferred.exchange(0, std::memory_order_acquire);
+  while (p) {
+    uintptr_t next = words(p)[0];
+    if (slab *e = free_locked(z, slab_of(z, p), p)) {
+      e->next = *unmap;
+      *unmap = e;
+    }
+    p = next;
+  }
+}
+
+void free_slow(zone *z, uintptr_t p, bool tagged) {
   slab *s = slab_of(z, p);
   if (pagemap::get(p) != z)
     return bad_free(z, reinterpret_cast<void *>(p), "kfree_obj: pointer not from zone");
   uintptr_t *o = words(p);
-  if (o[1] == z->marker(p))
+  if (!tagged && o[1] == z->marker(p))
     return bad_free(z, reinterpret_cast<void *>(p), "kfree_obj: double free in zone");
   o[1] = z->marker(p);
+  percpu::add(z->frees_off(), 1);
   // Active elsewhere: the lock-free remote stack, collected by the owner CPU.
   uintptr_t head = s->remote.load(std::memory_order_relaxed);
   while (!(head & detached_bit)) {
     o[0] = head;
-    if (s->remote.compare_exchange_weak(head, p, std::memory_order_release, std::memory_order_relaxed)) {
-      percpu::add(z->frees_off(), 1);
+    if (s->remote.compare_exchange_weak(head, p, std::memory_order_release, std::memory_order_relaxed))
       return;
-    }
   }
   // Not bound to any CPU: the zone lock files the slab by its new fullness.
+  // A free never waits for it: if it is busy, the object goes on the
+  // deferred stack for the holder (or the next one) to file.
+  if (!z->lock.try_acquire()) {
+    uintptr_t top = z->deferred.load(std::memory_order_relaxed);
+    do o[0] = top;
+    while (!z->deferred.compare_exchange_weak(top, p, std::memory_order_release, std::memory_order_relaxed));
+    return;
+  }
   slab *to_unmap = nullptr;
-  z->lock.acquire();
-  o[0] = s->free;
-  s->free = p;
-  ++s->nfree;
-  if (s->list != where::active) {
-    if (s->nfree == z->nobjs) to_unmap = retire_empty(z, s);
-    else if (s->nfree == 1) move(z, s, s->is_reserve ? where::reserve : where::partial);
+  drain_deferred(z, &to_unmap);
+  if (slab *e = free_locked(z, s, p)) {
+    e->next = to_unmap;
+    to_unmap = e;
   }
   z->lock.release();
-  percpu::add(z->frees_off(), 1);
-  if (to_unmap) unmap_slab(z, to_unmap);
+  unmap_chain(z, to_unmap);
 }
 
 void *alloc(zone *z, int flags) { return alloc_fast(z, flags); }

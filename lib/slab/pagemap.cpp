@@ -26,7 +26,7 @@ leaf *leaf_for(size_t top, bool create) {
   if (g_static_used < static_leaves) {
     l = &g_static[g_static_used++];
   } else {
-    l = static_cast<leaf *>(os::map(sizeof(leaf), os::page_size(), os::use::metadata));
+    l = static_cast<leaf *>(os::map(sizeof(leaf), os::page_size(), os::use::bootstrap));
     if (!l) return nullptr;
   }
   g_top[top].store(l, std::memory_order_release);

@@ -58,6 +58,8 @@ bool init_zone(zone *z, const char *name, size_t objsize, size_t align) {
   for (auto &l : z->lists) l = slab_list{};
   z->sync_maps = z->proactive_maps = z->proactive_failures = z->released = z->reserve_allocs = 0;
   z->errors.store(0, std::memory_order_relaxed);
+  z->deferred.store(0, std::memory_order_relaxed);
+  z->type_stable = false;
   long slot = percpu::slot_alloc();
   if (slot < 0) return false;
   z->slot = static_cast<size_t>(slot);
@@ -95,7 +97,7 @@ slab *retire_empty(zone *z, slab *s) {
     move(z, s, where::reserve);
     return nullptr;
   }
-  if (z->on(where::spare).count < z->spare_high) {
+  if (z->type_stable || z->on(where::spare).count < z->spare_high) {
     move(z, s, where::spare);
     return nullptr;
   }
@@ -120,6 +122,14 @@ void unmap_slab(zone *z, slab *s) {
   pagemap::clear(base_of(s), z->slab_size);
   s->magic = 0;
   os::unmap(s, z->slab_size, z->mapped_as);
+}
+
+void unmap_chain(zone *z, slab *chain) {
+  while (chain) {
+    slab *next = chain->next;
+    unmap_slab(z, chain);
+    chain = next;
+  }
 }
 
 zone *zone_create(const char *name, size_t objsize, size_t align, unsigned flags) {
@@ -199,7 +209,7 @@ int set_spare(zone *z, unsigned low, unsigned high) {
     os::guard g(z->lock);
     z->spare_low = low;
     z->spare_high = high;
-    while (z->on(where::spare).count > high) {
+    while (!z->type_stable && z->on(where::spare).count > high) {
       slab *s = z->on(where::spare).head;
       z->on(where::spare).remove(s);
       ++z->released;
@@ -207,11 +217,7 @@ int set_spare(zone *z, unsigned low, unsigned high) {
       drop = s;
     }
   }
-  while (drop) {
-    slab *next = drop->next;
-    unmap_slab(z, drop);
-    drop = next;
-  }
+  unmap_chain(z, drop);
   return 0;
 }
 
@@ -227,7 +233,10 @@ zone *lazy_zone::make() {
   zone *z = made.load(std::memory_order_relaxed);
   if (!z && (z = zone_create(name, objsize, align, 0)) != nullptr) {
     mark_internal(z);
-    if (slabs == type_stable) set_spare(z, 0, 1024);  // never gives a slab back
+    if (slabs == type_stable) {
+      os::guard g2(z->lock);
+      z->type_stable = true;  // never gives a slab back, however many empty
+    }
     made.store(z, std::memory_order_release);
   }
   return z;
@@ -236,12 +245,36 @@ zone *lazy_zone::make() {
 size_t slab_size(const zone *z) { return z->slab_size; }
 size_t object_size(const zone *z) { return z->objsize; }
 
+namespace {
+
+// Allocations minus frees over every CPU, each CPU's pair read at one
+// moment (frees unchanged around the read of allocs), so a reader that is
+// preempted mid-way does not count the pairs that ran meanwhile as live.
+void count_pairs(const zone *z, uint64_t *allocs, uint64_t *frees) {
+  *allocs = *frees = 0;
+  for (unsigned cpu = 0; cpu < percpu::ncpus(); ++cpu) {
+    uint64_t a = 0, f = percpu::peek(cpu, z->frees_off());
+    for (int tries = 0; tries < 64; ++tries) {
+      a = percpu::peek(cpu, z->allocs_off());
+      uint64_t again = percpu::peek(cpu, z->frees_off());
+      if (again == f) break;
+      f = again;
+    }
+    *allocs += a;
+    *frees += f;
+  }
+  if (*frees > *allocs) *frees = *allocs;  // an object freed on a CPU read after its alloc's
+}
+
+}  // namespace
+
 int stats(zone *z, kmalloc_zone_stats *out) {
   if (!valid(z) || !out) return -EINVAL;
-  // Frees before allocs: a concurrent pair then never shows live < 0.
-  uint64_t frees = percpu::sum(z->frees_off());
-  uint64_t allocs = percpu::sum(z->allocs_off());
-  os::guard g(z->lock);
+  uint64_t allocs, frees;
+  count_pairs(z, &allocs, &frees);
+  slab *to_unmap = nullptr;
+  z->lock.acquire();
+  drain_deferred(z, &to_unmap);  // slab counts as if every free had been filed
   *out = {};
   out->objsize = z->objsize;
   out->slab_size = z->slab_size;
@@ -269,6 +302,8 @@ int stats(zone *z, kmalloc_zone_stats *out) {
   out->errors = z->errors.load(std::memory_order_relaxed);
   out->spare_low = z->spare_low;
   out->spare_high = z->spare_high;
+  z->lock.release();
+  unmap_chain(z, to_unmap);
   return 0;
 }
 

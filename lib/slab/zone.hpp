@@ -13,7 +13,17 @@
 //     the unused tail (zone lock).
 //   - not active: in `free` and the unused tail (zone lock); `remote` holds
 //     base | detached_bit, which sends remote freers to the zone lock.
+//   - in flight to any slab: on the zone's `deferred` stack, where a free
+//     that cannot take the zone lock at once leaves the object (lock-free:
+//     a free never waits, so one from a signal handler that interrupted the
+//     zone's own slow path cannot deadlock). Whoever next holds the lock
+//     files them (drain_deferred).
 // nfree counts `free` plus the unused tail, always, under the zone lock.
+//
+// A slab is bound to a CPU (its `remote` loses the detached bit) only after
+// the compare_store that publishes it in the slot succeeded, under the zone
+// lock: before that, remote frees go to the lock and nothing can be pushed
+// on a stack that a failed bind would have to undo.
 //
 // Lock order: zone->refill before zone->lock; pagemap's grow lock innermost.
 #pragma once
@@ -76,6 +86,8 @@ struct zone : geometry {  // the geometry first: slab.hpp reads it inline
   slab_list lists[5];     // indexed by where
   uint64_t sync_maps, proactive_maps, proactive_failures, released, reserve_allocs;
   std::atomic<uint64_t> errors;
+  std::atomic<uintptr_t> deferred;  // frees waiting for the lock: linked by word 0, 0-terminated
+  bool type_stable;       // never unmaps a slab: late readers of a freed object stay safe
   void *user;             // the layer above's tag (set_user)
 
   size_t allocs_off() const { return slot + 8; }
@@ -94,12 +106,18 @@ void move(zone *z, slab *s, where to);
 // (returned: the caller unmaps after dropping the lock).
 slab *retire_empty(zone *z, slab *s);
 void unmap_slab(zone *z, slab *s);  // without the lock
+void unmap_chain(zone *z, slab *chain);  // slabs linked by next, without the lock
+// Files every deferred free into its slab (lock held); slabs that became
+// empty and must be unmapped are prepended to *unmap.
+void drain_deferred(zone *z, slab **unmap);
 slab *map_slab(zone *z);            // without the lock; nullptr if the OS refused
 
 // ---- the fast paths, inline so the C ABI entry points are the whole path ---
 // (static: they contain rseq critical sections, see SR_RSEQ_FN)
 void *alloc_slow(zone *z, int flags);
-void free_slow(zone *z, uintptr_t p);  // p's slab is not this CPU's active one
+// p's slab is not this CPU's active one (or the slot was out of reach);
+// tagged: p's free marker may be this call's own (see push_counted).
+void free_slow(zone *z, uintptr_t p, bool tagged);
 // The object leaves the allocator: no free marker any more, zeroed on request.
 inline void *hand_out(const zone *z, uintptr_t obj, int flags) {
   auto *o = reinterpret_cast<uintptr_t *>(obj);
@@ -110,14 +128,21 @@ inline void *hand_out(const zone *z, uintptr_t obj, int flags) {
 [[noreturn, gnu::cold]] void corrupted(zone *z, uintptr_t obj);
 [[gnu::cold]] void bad_free(zone *z, void *ptr, const char *what);
 
-SR_RSEQ_FN void *alloc_fast(zone *z, int flags) {
-  uintptr_t obj;
-  if (__builtin_expect(!percpu::pop_counted(z->w_off(), z->mask, &obj), 0)) return alloc_slow(z, flags);
+// Pops an object from the current CPU's slot (the pop counts it).
+SR_RSEQ_FN bool pop_object(zone *z, int flags, uintptr_t *obj) {
+  os::wait w = flags & SR_NOWAIT ? os::wait::no : os::wait::yes;
+  if (__builtin_expect(!percpu::pop_counted(z->w_off(), z->mask, obj, w), 0)) return false;
   // The next link (now the list head) must stay inside this slab: anything
   // else is a write after free, and following it would spread the damage.
-  if (__builtin_expect(((*reinterpret_cast<uintptr_t *>(obj) ^ obj) & ~z->mask) != 0, 0))
-    corrupted(z, obj);
-  return hand_out(z, obj, flags);  // the pop counted it
+  if (__builtin_expect(((*reinterpret_cast<uintptr_t *>(*obj) ^ *obj) & ~z->mask) != 0, 0))
+    corrupted(z, *obj);
+  return true;
+}
+
+SR_RSEQ_FN void *alloc_fast(zone *z, int flags) {
+  uintptr_t obj;
+  if (__builtin_expect(!pop_object(z, flags, &obj), 0)) return alloc_slow(z, flags);
+  return hand_out(z, obj, flags);
 }
 
 SR_RSEQ_FN void free_fast(zone *z, void *ptr) {
@@ -125,13 +150,16 @@ SR_RSEQ_FN void free_fast(zone *z, void *ptr) {
   uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
   if (__builtin_expect(object_index(*z, p) == ~uintptr_t{0}, 0))
     return bad_free(z, ptr, "kfree_obj: not the start of an object of zone");
-  switch (percpu::push_counted(z->w_off(), ~z->mask, p & ~z->mask, p, z->marker(p))) {
+  switch (percpu::push_counted(z->w_off(), ~z->mask, p & ~z->mask, p, z->marker(p),
+                               os::wait::unless_reentered)) {
     case percpu::pushed:
       return;
     case percpu::duplicate:
       return bad_free(z, ptr, "kfree_obj: double free in zone");
     case percpu::not_owner:
-      return free_slow(z, p);
+      return free_slow(z, p, false);
+    case percpu::not_owner_tagged:
+      return free_slow(z, p, true);
   }
 }
 
