@@ -6,10 +6,13 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
+#include <pthread.h>
 #include <sched.h>
 #include <sysref/kmalloc.h>
 #include <sysref/kmalloc_obj.h>
@@ -19,8 +22,12 @@
 #include <unistd.h>
 #include <vector>
 
+#include "crew.hpp"
+
 #include "kmalloc/kmalloc.hpp"
 #include "kmalloc/large.hpp"
+
+using namespace test_crew;
 
 namespace km = sysref::kmalloc;
 
@@ -763,4 +770,68 @@ Test(kmalloc, large_blocks_are_reused_and_zeroed_on_request) {
   size_t flushed = km::reclaim();
   cr_expect_geq(flushed, size_t{1} << 20);
   cr_expect_leq(os_data() + (1u << 20), data, "reclaim unmaps kept mappings");
+}
+
+// ---- regressions: large blocks under moves and signals, kept mappings ----
+
+namespace {
+
+
+void reap_every_100ms() { setenv("SYSREF_REAP_INTERVAL_MS", "100", 1); }
+
+}  // namespace
+
+// Issue 6, defect 1, through kmalloc: a large block's record goes back to an
+// internal slab zone, where a free whose restartable sequence aborted and
+// retried on another CPU was taken for a double free, and (SYSREF_ON_ERROR
+// left at abort) killed the process. Eight threads, moved between the CPUs
+// and signalled, allocate and free 40 KiB blocks.
+Test(kmalloc, large_frees_from_moved_and_signalled_threads_are_not_double_frees, .timeout = 60) {
+  constexpr int nthreads = 8, batch = 4;
+  km::reclaim();
+  const uint64_t data = os_data();
+  const km::stats before = km::snapshot();
+  std::atomic<uint64_t> made{0};
+  std::atomic<bool> failed{false};
+  {
+    crew c(true, 200);
+    for (int t = 0; t < nthreads; ++t)
+      c.spawn([&] {
+        void *v[batch];
+        uint64_t n = 0;
+        while (!c.stopping() && !failed.load(std::memory_order_relaxed)) {
+          int got = 0;
+          while (got < batch && (v[got] = sr_malloc(40 * KiB)) != nullptr) ++got;
+          if (got < batch) failed.store(true);
+          for (int i = 0; i < got; ++i) sr_free(v[i]);
+          n += static_cast<uint64_t>(got);
+        }
+        made.fetch_add(n);
+      });
+    std::this_thread::sleep_until(after_ms(2000));
+  }
+  cr_assert_not(failed.load(), "a large allocation failed");
+  const km::stats after = km::snapshot();
+  cr_expect_gt(made.load(), 0u);
+  cr_expect_eq(after.large_allocs - before.large_allocs, made.load());
+  cr_expect_eq(after.large_frees - before.large_frees, made.load(), "every block was released");
+  cr_expect_eq(after.errors, before.errors, "no free was reported");
+  km::reclaim();
+  cr_expect_eq(os_data(), data, "every large byte went back");
+}
+
+// Issue 6, defect 7b: kmalloc(3): a kept block that stayed unused for an
+// interval is unmapped at the next large request or free. A free, not only a
+// request, must do it.
+Test(kmalloc, a_kept_block_unused_for_an_interval_goes_at_the_next_free, .init = reap_every_100ms) {
+  void *a = sr_malloc(4 * MiB), *b = sr_malloc(MiB);
+  cr_assert(a && b);
+  sr_free(a);  // kept mapped for reuse
+  usleep(300 * 1000);  // three intervals unused
+  struct sysref_os_stats before, after;
+  sysref_os_stats(&before);
+  sr_free(b);
+  sysref_os_stats(&after);
+  cr_expect_geq(after.unmap_calls, before.unmap_calls + 1, "the expired block was not unmapped");
+  cr_expect_leq(after.mapped + 4 * MiB, before.mapped, "A's 4 MiB went back");
 }

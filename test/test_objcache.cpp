@@ -2,16 +2,27 @@
 // reclaim, limits, growth. Run once per per-CPU mode (see meson.build).
 #include <criterion/criterion.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
+#include <pthread.h>
 #include <sched.h>
+#include <sysref/kmalloc.h>
 #include <sysref/objcache.h>
 #include <sysref/os.h>
 #include <thread>
 #include <unistd.h>
 #include <vector>
+
+#include "crew.hpp"
+#include "objcache/cache.hpp"
+
+using namespace test_crew;
 
 namespace {
 
@@ -410,5 +421,197 @@ Test(objcache, limit_reaches_objects_stranded_on_another_cpu) {
   struct objcache_stats s = stats_of(oc);
   cr_expect_eq(s.ctor_calls, 8u, "no object beyond the limit was made");
   for (void *p : got) objcache_put(oc, p);
+  objcache_destroy(oc);
+}
+
+// ---- regressions: destructors and locks, statistics, magazines, puts ----
+
+namespace {
+
+
+std::atomic<long> g_busy_dtors{0}, g_busy_failures{0};
+
+// A destructor that uses the library as real ones do: a size class nothing
+// used before (its cache is made on the spot), and a cache of its own made
+// and destroyed. Neither may wait for a lock held around the dtor call.
+void busy_dtor(void *, void *) {
+  void *scratch = sr_malloc(20000);
+  objcache_t *own = objcache_create("t.scratch", 40, 0, nullptr, nullptr, nullptr, 0, 0);
+  void *obj = own ? objcache_get(own, 0) : nullptr;
+  if (!scratch || !obj) g_busy_failures.fetch_add(1);
+  if (obj) objcache_put(own, obj);
+  if (own) objcache_destroy(own);
+  sr_free(scratch);
+  g_busy_dtors.fetch_add(1);
+}
+
+objcache_t *busy_cache() {
+  objcache_t *oc = objcache_create("t.busy", 64, 0, nullptr, busy_dtor, nullptr, 0, 0);
+  cr_assert_not_null(oc);
+  return oc;
+}
+
+void reaper_every_50ms() {
+  setenv("SYSREF_REAP_THREAD", "1", 1);
+  setenv("SYSREF_REAP_INTERVAL_MS", "50", 1);
+}
+
+}  // namespace
+
+// Issue 6, defect 3: objcache_reclaim_all ran destructors with the cache
+// registry lock held, so a destructor that made or destroyed a cache (or
+// used a size class for the first time) waited for itself.
+Test(objcache, reclaim_all_runs_destructors_that_use_the_library, .timeout = 10) {
+  objcache_t *oc = busy_cache();
+  void *v[10];
+  for (auto &p : v) cr_assert_not_null(p = objcache_get(oc, 0));
+  for (void *p : v) objcache_put(oc, p);
+  size_t bytes = objcache_reclaim_all();  // used to hang here
+  cr_expect_geq(bytes, sizeof v / sizeof v[0] * 64);
+  cr_expect_eq(g_busy_dtors.load(), 10, "every cached object was destructed");
+  cr_expect_eq(g_busy_failures.load(), 0, "the destructor's own allocations failed");
+  struct objcache_stats s = stats_of(oc);
+  cr_expect_eq(s.dtor_calls, 10u);
+  cr_expect_eq(s.cached, 0u);
+  objcache_destroy(oc);
+}
+
+// The same through the reaper thread: it drained an idle depot under the
+// registry lock, the destructor blocked on that lock, and from then on every
+// first use of a size class in any thread hung.
+Test(objcache, the_reaper_runs_destructors_that_use_the_library, .init = reaper_every_50ms, .timeout = 10) {
+  objcache_t *oc = busy_cache();
+  std::vector<void *> v;
+  for (int i = 0; i < 1000; ++i) v.push_back(objcache_get(oc, 0));
+  for (void *p : v) objcache_put(oc, p);  // full magazines go to the depot
+  cr_assert_gt(stats_of(oc).depot_full, 0u);
+  usleep(300 * 1000);  // six idle intervals: the reaper drains the depot
+  void *p = sr_malloc(3000);  // the first use of another size class used to hang here
+  cr_expect_not_null(p);
+  sr_free(p);
+  struct objcache_stats s = stats_of(oc);
+  for (int i = 0; i < 200 && s.dtor_calls == 0; ++i) {
+    usleep(10000);
+    s = stats_of(oc);
+  }
+  cr_expect_gt(s.dtor_calls, 0u, "the reaper destructed the idle depot's objects");
+  cr_expect_eq(g_busy_failures.load(), 0, "the destructor's own allocations failed");
+  objcache_destroy(oc);
+}
+
+// Issue 6, defect 6: a statistics snapshot read the put counts long before
+// the get counts; a reader preempted in between reported as live every pair
+// done meanwhile (587,086 once). Two threads each hold at most one object,
+// first left where the scheduler puts them, then moved between CPUs; every
+// snapshot must say so, and must not claim more cached objects than were
+// ever constructed.
+Test(objcache, stats_snapshots_stay_within_what_exists, .timeout = 60) {
+  objcache_t *oc = widgets();
+  constexpr uint64_t nthreads = 2;
+  for (bool moves : {false, true}) {
+    std::atomic<bool> get_failed{false};
+    uint64_t snapshots = 0, over_live = 0, worst_live = 0, worst_moves = 0, puts_ahead = 0,
+             cached_over = 0, over_cached = 0, over_ctors = 0;
+    {
+      crew c(moves, 0);
+      for (uint64_t t = 0; t < nthreads; ++t)
+        c.spawn([&, t] {
+          pin_to(static_cast<unsigned>(t));  // from here on only the crew moves it
+          while (!c.stopping()) {
+            void *w = objcache_get(oc, 0);
+            if (!w) {
+              get_failed.store(true);
+              return;
+            }
+            objcache_put(oc, w);
+          }
+        });
+      for (auto end = after_ms(1000); steady::now() < end; ++snapshots) {
+        uint64_t moves_before = c.moves();
+        struct objcache_stats s = stats_of(oc);
+        // A thread moved while the snapshot was read can show one object
+        // too many per move (objcache(3)); one move may be in flight.
+        uint64_t moved = moves ? c.moves() - moves_before + 1 : 0;
+        if (s.puts > s.gets) ++puts_ahead;
+        else if (s.live > nthreads + moved && over_live++ == 0) {
+          worst_live = s.live;
+          worst_moves = moved;
+        }
+        if (s.cached > s.ctor_calls && cached_over++ == 0) {
+          over_cached = s.cached;
+          over_ctors = s.ctor_calls;
+        }
+      }
+    }
+    const char *how = moves ? "threads moved" : "threads in place";
+    cr_assert_not(get_failed.load());
+    cr_expect_gt(snapshots, 0u);
+    cr_expect_eq(puts_ahead, 0u, "%s: %lu snapshots showed more puts than gets", how,
+                 static_cast<unsigned long>(puts_ahead));
+    cr_expect_eq(over_live, 0u,
+                 "%s: %lu snapshots showed more live objects than exist plus moves (first: %lu live, "
+                 "%lu threads, %lu moves)",
+                 how, static_cast<unsigned long>(over_live), static_cast<unsigned long>(worst_live),
+                 static_cast<unsigned long>(nthreads), static_cast<unsigned long>(worst_moves));
+    cr_expect_eq(cached_over, 0u, "%s: %lu snapshots showed more objects cached than constructed (first: %lu of %lu)",
+                 how, static_cast<unsigned long>(cached_over), static_cast<unsigned long>(over_cached),
+                 static_cast<unsigned long>(over_ctors));
+    struct objcache_stats s = stats_of(oc);
+    cr_expect_eq(s.live, 0u);
+    cr_expect_eq(s.gets, s.puts);
+  }
+  objcache_destroy(oc);
+}
+
+// Issue 6, defect 7a: objcache(3) states the starting magazine size by
+// object size (63 rounds up to 512 bytes, 31 up to 4096, 15 above).
+Test(objcache, new_caches_start_with_magazines_of_63_31_or_15_rounds) {
+  struct {
+    size_t size;
+    uint64_t rounds;
+  } expect[] = {{16, 63}, {64, 63}, {512, 63}, {513, 31}, {4096, 31}, {4097, 15}};
+  for (auto e : expect) {
+    objcache_t *oc = objcache_create("t.magsize", e.size, 0, nullptr, nullptr, nullptr, 0, 0);
+    cr_assert_not_null(oc);
+    cr_expect_eq(stats_of(oc).mag_size, e.rounds, "objects of %zu bytes", e.size);
+    objcache_destroy(oc);
+  }
+}
+
+// Issue 6, defect 7c: a put never needs fresh memory. Magazines are the
+// library's metadata and may be made; object memory is never mapped by puts.
+Test(objcache, puts_never_map_object_memory) {
+  objcache_t *oc = objcache_create("t.putmaps", 64, 0, nullptr, nullptr, nullptr, 0, 0);
+  cr_assert_not_null(oc);
+  std::vector<void *> v(300000);
+  for (auto &p : v) cr_assert_not_null(p = objcache_get(oc, 0));
+  const uint64_t before = data_mapped();
+  for (void *p : v) objcache_put(oc, p);
+  cr_expect_leq(data_mapped(), before, "puts mapped %lu bytes of object memory",
+                static_cast<unsigned long>(data_mapped() - before));
+  cr_expect_eq(stats_of(oc).live, 0u);
+  objcache_destroy(oc);
+}
+
+// Issue 6, defect 8. The reap interval is measured with a clock read under the depot lock. The
+// reaper used to read the clock once, before any lock, for every cache: that
+// reading could be older than an interval a get or put had just started, the
+// difference wrapped, and the whole depot was reaped at once. Here the
+// interval starts "after" any reading the next slow path could make.
+Test(objcache, an_interval_that_started_after_the_reading_is_not_reaped) {
+  objcache_t *oc = objcache_create("t.clock", 64, 0, nullptr, nullptr, nullptr, 0, 0);
+  std::vector<void *> v(2000);
+  for (auto &p : v) p = objcache_get(oc, 0);
+  for (void *p : v) objcache_put(oc, p);
+  cr_assert_gt(stats_of(oc).depot_full, 2u, "the depot holds full magazines");
+  auto *c = reinterpret_cast<sysref::objcache::cache *>(oc);
+  {
+    sysref::os::guard g(c->dep.lock);
+    c->dep.interval_start = sysref::os::coarse_now_ns() + 10'000'000'000ull;
+    c->dep.min_full = c->dep.nfull;  // as if nothing had been needed
+  }
+  for (auto &p : v) p = objcache_get(oc, 0);  // through the depot: reap_if_due
+  for (void *p : v) objcache_put(oc, p);
+  cr_expect_eq(stats_of(oc).reaped, 0u, "a wrapped difference reaped the depot");
   objcache_destroy(oc);
 }

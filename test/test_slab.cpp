@@ -3,15 +3,25 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <csignal>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
+#include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sysref/kmalloc_obj.h>
 #include <sysref/os.h>
 #include <thread>
+#include <unistd.h>
 #include <vector>
+
+#include "crew.hpp"
+#include "slab/slab.hpp"
+
+using namespace test_crew;
 
 namespace {
 
@@ -21,6 +31,11 @@ uint64_t os_mapped() {
   struct sysref_os_stats s;
   sysref_os_stats(&s);
   return s.mapped - s.metadata;
+}
+uint64_t os_unmap_calls() {
+  struct sysref_os_stats s;
+  sysref_os_stats(&s);
+  return s.unmap_calls;
 }
 uint64_t os_map_calls() {
   struct sysref_os_stats s;
@@ -362,4 +377,317 @@ Test(slab, double_free_on_a_detached_slab_is_caught, .init = count_errors) {
   free_all(z, v);
   cr_expect_eq(zstats(z).live, 0u);
   kmalloc_obj_zone_destroy(z);
+}
+
+// ---- regressions: migration, signals, remote frees, statistics, SYSREF_FAULT=0 ----
+
+namespace {
+
+
+// Sends stderr to /dev/null while it lives: in count mode the library writes
+// a line per error, and a test that makes errors on purpose counts them.
+class quiet_stderr {
+ public:
+  quiet_stderr() : saved_(dup(STDERR_FILENO)) {
+    int null = open("/dev/null", O_WRONLY);
+    if (null < 0) return;
+    dup2(null, STDERR_FILENO);
+    close(null);
+  }
+  ~quiet_stderr() {
+    if (saved_ < 0) return;
+    dup2(saved_, STDERR_FILENO);
+    close(saved_);
+  }
+  quiet_stderr(const quiet_stderr &) = delete;
+  quiet_stderr &operator=(const quiet_stderr &) = delete;
+
+ private:
+  int saved_;
+};
+
+// Polls the zone until ms pass or it reports an error (a failing run stops
+// early instead of printing one report after another).
+void run_until_error_or(kmalloc_zone_t *z, int ms) {
+  for (auto end = after_ms(ms); steady::now() < end && zstats(z).errors == 0;)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+}
+
+bool all_distinct(std::vector<void *> v) {
+  std::sort(v.begin(), v.end());
+  return std::adjacent_find(v.begin(), v.end()) == v.end();
+}
+
+}  // namespace
+
+// Issue 6, defect 1: a free whose restartable sequence aborted after it had
+// stored the free marker, and whose retry then ran on another CPU (or found
+// another slab bound), was reported as a double free. Four threads on two
+// CPUs, moved and signalled while they allocate and free their own objects,
+// each freed exactly once; each object carries its owner's stamp so that a
+// duplicated hand-out shows up too. Stops at the first report.
+Test(slab, objects_freed_once_are_never_reported_under_moves_and_signals, .init = count_errors,
+     .timeout = 60) {
+  kmalloc_zone_t *z = kmalloc_obj_zone_create("t.once", 32, 0, 0);
+  cr_assert_not_null(z);
+  constexpr int nthreads = 4, batch = 64;
+  std::atomic<uint64_t> made{0}, failed{0}, stamp_mismatches{0};
+  {
+    crew c(true, 100);
+    for (int id = 1; id <= nthreads; ++id)
+      c.spawn([&, id] {
+        uint64_t *v[batch], seq = 0, n = 0;
+        while (!c.stopping()) {
+          int got = 0;
+          for (; got < batch; ++got) {
+            if (!(v[got] = static_cast<uint64_t *>(kmalloc_obj(z, 0)))) break;
+            v[got][2] = static_cast<uint64_t>(id);
+            v[got][3] = ++seq;
+          }
+          if (got < batch) failed.fetch_add(1);
+          for (int i = 0; i < got; ++i) {
+            if (v[i][2] != static_cast<uint64_t>(id)) stamp_mismatches.fetch_add(1);
+            kfree_obj(v[i], z);
+          }
+          n += static_cast<uint64_t>(got);
+        }
+        made.fetch_add(n);
+      });
+    run_until_error_or(z, 2000);
+  }
+  kmalloc_zone_stats s = zstats(z);
+  cr_expect_eq(s.errors, 0u, "objects freed once were reported as bad frees");
+  cr_expect_eq(stamp_mismatches.load(), 0u, "an object was handed out to two threads");
+  cr_expect_eq(failed.load(), 0u, "an allocation failed");
+  cr_expect_gt(made.load(), 0u);
+  cr_expect_eq(s.allocs, made.load());
+  cr_expect_eq(s.frees, made.load(), "every free took effect");
+  cr_expect_eq(s.live, 0u);
+  kmalloc_obj_zone_destroy(z);
+}
+
+// The guard for that fix: a retry after an aborted attempt must still catch
+// a real double free (the retry used to skip the check, so a signal landing
+// before it let the second free through and put the object on the free list
+// twice). One thread frees every object twice, the second time after the
+// first free returned, while a timer signals it every 50 us.
+Test(slab, real_double_frees_are_caught_under_a_signal_storm, .init = count_errors, .timeout = 60) {
+  kmalloc_zone_t *z = kmalloc_obj_zone_create("t.df.storm", 64, 0, 0);
+  cr_assert_not_null(z);
+  constexpr int batch = 32;
+  std::atomic<uint64_t> second_frees{0};
+  std::atomic<bool> alloc_failed{false};
+  quiet_stderr quiet;  // one report per second free
+  {
+    crew c(false, 50);
+    c.spawn([&] {
+      void *v[batch];
+      uint64_t n = 0;
+      while (!c.stopping()) {
+        for (auto &p : v)
+          if (!(p = kmalloc_obj(z, 0))) {
+            alloc_failed.store(true);
+            return;
+          }
+        for (void *p : v) {
+          kfree_obj(p, z);
+          kfree_obj(p, z);  // the double free
+        }
+        n += batch;
+      }
+      second_frees.store(n);
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(2000));
+  }
+  cr_assert_not(alloc_failed.load());
+  kmalloc_zone_stats s = zstats(z);
+  cr_expect_gt(second_frees.load(), 0u);
+  cr_expect_eq(s.errors, second_frees.load(), "every second free is reported, and only those");
+  cr_expect_eq(s.live, 0u);
+  // A missed double free leaves an object twice on a free list: take every
+  // object the zone holds (and one slab more) and look for repeats.
+  std::vector<void *> all = drain(z, 0, (s.slabs + 1) * s.objs_per_slab);
+  cr_expect(all_distinct(all), "an object was handed out twice");
+  free_all(z, all);
+  kmalloc_obj_zone_destroy(z);
+}
+
+// Issue 6, defect 2: binding a partial slab set its remote stack to "bound"
+// before the compare-and-store that binds it; when that store failed (the
+// thread had moved), the remote stack was reset, dropping the frees other
+// CPUs had pushed meanwhile. A producer moved between CPUs every 50 us
+// allocates, a consumer frees; once every object is freed no slab may stay
+// partial or full.
+Test(slab, remote_frees_survive_a_producer_moved_between_cpus, .timeout = 60) {
+  kmalloc_zone_t *z = kmalloc_obj_zone_create("t.remote", 16, 0, 0);
+  cr_assert_not_null(z);
+  constexpr size_t ring = 65536;
+  constexpr long max_objects = 8000000;
+  void *const done = reinterpret_cast<void *>(uintptr_t{1});  // the producer's last word
+  static std::atomic<void *> slots[ring];
+  std::atomic<long> produced{0}, consumed{0};
+  std::atomic<bool> alloc_failed{false};
+  {
+    crew c(true, 0);
+    c.spawn([&] {  // the producer, moved by the storm
+      const auto end = after_ms(2500);
+      long i = 0;
+      for (; i < max_objects && (i % 1024 || steady::now() < end); ++i) {
+        void *p = kmalloc_obj(z, 0);
+        if (!p) {
+          alloc_failed.store(true);
+          break;
+        }
+        while (slots[i % ring].load(std::memory_order_acquire)) sched_yield();
+        slots[i % ring].store(p, std::memory_order_release);
+      }
+      while (slots[i % ring].load(std::memory_order_acquire)) sched_yield();
+      slots[i % ring].store(done, std::memory_order_release);
+      produced.store(i);
+    });
+    c.spawn(
+        [&] {  // the consumer, left where the scheduler puts it
+          for (long i = 0;; ++i) {
+            void *p;
+            while (!(p = slots[i % ring].load(std::memory_order_acquire))) sched_yield();
+            slots[i % ring].store(nullptr, std::memory_order_release);
+            if (p == done) break;
+            kfree_obj(p, z);
+            consumed.store(i + 1, std::memory_order_relaxed);
+          }
+        },
+        false);
+    while (produced.load() == 0 && !alloc_failed.load())  // the moves go on until the producer is done
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  cr_assert_not(alloc_failed.load());
+  cr_assert_eq(consumed.load(), produced.load());
+  kmalloc_zone_stats s = zstats(z);
+  cr_expect_eq(s.allocs, static_cast<uint64_t>(produced.load()));
+  cr_expect_eq(s.frees, s.allocs);
+  cr_expect_eq(s.live, 0u);
+  cr_expect_eq(s.slabs_partial, 0u, "every object is free: no slab may stay partial (frees were lost)");
+  cr_expect_eq(s.slabs_full, 0u, "every object is free: no slab may stay full (frees were lost)");
+  kmalloc_obj_zone_destroy(z);
+}
+
+// Issue 6, defect 6: a statistics snapshot read the free counters long
+// before the alloc counters; a reader preempted in between reported as live
+// every pair allocated and freed meanwhile. Two threads each hold at most
+// one object, first pinned to a CPU each, then moved between CPUs; every
+// snapshot must say so, give or take one object per move made while it was
+// read (kmalloc_obj(3)).
+Test(slab, stats_snapshots_count_at_most_the_objects_held, .timeout = 60) {
+  kmalloc_zone_t *z = kmalloc_obj_zone_create("t.snap", 64, 0, 0);
+  cr_assert_not_null(z);
+  constexpr uint64_t nthreads = 2;
+  for (bool moves : {false, true}) {
+    uint64_t snapshots = 0, over_live = 0, worst_live = 0, worst_moves = 0, frees_ahead = 0;
+    {
+      crew c(moves, 0);
+      for (uint64_t t = 0; t < nthreads; ++t)
+        c.spawn([&, t] {
+          pin_to(static_cast<unsigned>(t));  // from here on only the crew moves it
+          while (!c.stopping()) kfree_obj(kmalloc_obj(z, 0), z);
+        });
+      for (auto end = after_ms(1000); steady::now() < end; ++snapshots) {
+        uint64_t moves_before = c.moves();
+        kmalloc_zone_stats s = zstats(z);
+        uint64_t moved = moves ? c.moves() - moves_before + 1 : 0;  // one may be in flight
+        if (s.frees > s.allocs) ++frees_ahead;
+        else if (s.live > nthreads + moved && over_live++ == 0) {
+          worst_live = s.live;
+          worst_moves = moved;
+        }
+      }
+    }
+    const char *how = moves ? "threads moved" : "threads in place";
+    cr_expect_gt(snapshots, 0u);
+    cr_expect_eq(frees_ahead, 0u, "%s: %lu snapshots showed more frees than allocations", how,
+                 static_cast<unsigned long>(frees_ahead));
+    cr_expect_eq(over_live, 0u,
+                 "%s: %lu snapshots showed more live objects than exist plus moves (first: %lu live, "
+                 "%lu threads, %lu moves)",
+                 how, static_cast<unsigned long>(over_live), static_cast<unsigned long>(worst_live),
+                 static_cast<unsigned long>(nthreads), static_cast<unsigned long>(worst_moves));
+    kmalloc_zone_stats s = zstats(z);
+    cr_expect_eq(s.live, 0u);
+    cr_expect_eq(s.allocs, s.frees);
+  }
+  kmalloc_obj_zone_destroy(z);
+}
+
+// Issue 6, defect 5: with every page request refused from the start, a zone
+// still runs from a reserve; the per-CPU region must not depend on the
+// fault-injected page provider.
+namespace {
+
+alignas(65536) char g_fault0_reserve[2 * 65536];
+
+void runs_from_the_reserve_alone(char *mem, size_t len) {
+  kmalloc_zone_t *z = kmalloc_obj_zone_create("t.fault0", 64, 0, 0);
+  cr_assert_not_null(z, "zone creation failed (errno %d) with the OS refusing", errno);
+  int slabs = kmalloc_obj_reserve(z, mem, len);
+  cr_assert_geq(slabs, 1);
+  if (reinterpret_cast<uintptr_t>(mem) % kmalloc_obj_slab_size(z) == 0)
+    cr_expect_eq(static_cast<size_t>(slabs), len / kmalloc_obj_slab_size(z), "an aligned reserve is all slabs");
+  void *first = kmalloc_obj(z, 0);
+  cr_assert_not_null(first, "kmalloc_obj failed (errno %d) although the zone has a reserve", errno);
+  kfree_obj(first, z);
+  const size_t all = static_cast<size_t>(slabs) * zstats(z).objs_per_slab;
+  for (int round = 0; round < 2; ++round) {
+    errno = 0;
+    std::vector<void *> v = drain(z, 0);
+    cr_expect_eq(v.size(), all, "round %d: every reserve object, then no more", round);
+    cr_expect_eq(errno, ENOMEM);
+    for (void *p : v)
+      cr_assert(reinterpret_cast<uintptr_t>(p) >= reinterpret_cast<uintptr_t>(mem) &&
+                reinterpret_cast<uintptr_t>(p) < reinterpret_cast<uintptr_t>(mem) + len);
+    cr_expect(all_distinct(v));
+    free_all(z, v);
+    cr_expect_eq(zstats(z).live, 0u);
+  }
+  kmalloc_obj_zone_destroy(z);
+}
+
+void fault_from_the_start() { setenv("SYSREF_FAULT", "0", 1); }
+
+}  // namespace
+
+Test(slab, fail_after_0_as_the_first_call_still_runs_a_reserve_zone) {
+  sysref_os_fail_after(0);  // the very first library call of this process
+  runs_from_the_reserve_alone(g_fault0_reserve, sizeof g_fault0_reserve);
+}
+
+Test(slab, sysref_fault_0_still_runs_a_reserve_zone, .init = fault_from_the_start) {
+  static char unaligned[2 * 65536];  // wherever the linker put it: one whole slab at least
+  runs_from_the_reserve_alone(unaligned, sizeof unaligned);
+}
+
+// A type-stable zone (the large-block records: a late page-map reader may
+// still look at a freed record) never unmaps a slab, however many empty
+// ones it holds. It used to keep at most 1024 spares and unmap the rest.
+// Issue 6, defect 8.
+Test(slab, type_stable_zone_never_unmaps_a_slab) {
+  static sysref::slab::lazy_zone records{{}, "t.stable", 4096, 0, sysref::slab::lazy_zone::type_stable};
+  sysref::slab::zone *z = records.get();
+  cr_assert_not_null(z);
+  auto *kz = reinterpret_cast<kmalloc_zone_t *>(z);
+  const size_t per_slab = zstats(kz).objs_per_slab, slabs = 1100;
+  std::vector<void *> v;
+  for (size_t i = 0; i < per_slab * slabs; ++i) {
+    void *p = sysref::slab::alloc(z, 0);
+    cr_assert_not_null(p);
+    v.push_back(p);
+  }
+  uint64_t unmaps = os_unmap_calls();
+  for (void *p : v) sysref::slab::free(z, p);
+  kmalloc_zone_stats s = zstats(kz);
+  cr_expect_eq(s.slabs_released, 0u, "%llu slabs went back to the OS", (unsigned long long)s.slabs_released);
+  cr_expect_eq(os_unmap_calls(), unmaps);
+  cr_expect_geq(s.slabs, slabs);
+  // Every freed object is still readable memory.
+  uint64_t sum = 0;
+  for (void *p : v) sum += *static_cast<volatile uint64_t *>(p);
+  (void)sum;
 }

@@ -148,17 +148,13 @@ bool exchange(cache *c, magazine *m, os::wait w) {
   return true;
 }
 
-// Moves the loaded magazine's counts to the totals if they near overflow.
-bool fold_if_due(cache *c, os::wait w) {
+// Moves the loaded magazine's counts to the totals (they near overflow).
+// No lock: the begun/done pair tells a statistics reader to read again.
+void fold_loaded(cache *c, os::wait w) {
+  c->folds_begun.fetch_add(1, std::memory_order_seq_cst);  // before the word changes
   uint64_t word;
-  if (!percpu::stack_take_counts(c->loaded_off, &word, w)) return false;
-  // The depot lock keeps statistics snapshots consistent; where it cannot be
-  // had, the counts still go in (they are atomic), a snapshot may just see
-  // them a moment early.
-  bool locked = c->dep.lock.acquire(w);
-  fold(c, word);
-  if (locked) c->dep.lock.release();
-  return true;
+  if (percpu::stack_take_counts(c->loaded_off, &word, w)) fold(c, word);
+  c->folds_done.fetch_add(1, std::memory_order_release);
 }
 
 bool spill_put(cache *c, void *obj) {
@@ -198,8 +194,12 @@ void *get_slow(cache *c, int flags) {
   const bool nowait = flags & SR_NOWAIT;
   const os::wait w = nowait ? os::wait::no : os::wait::yes;
   for (int blocked = 0, pulls = 0;;) {
-    if (uintptr_t obj = percpu::stack_pop(c->loaded_off, w)) return reinterpret_cast<void *>(obj);
-    if (fold_if_due(c, w)) continue;
+    uintptr_t obj = percpu::stack_pop(c->loaded_off, w);
+    if (obj > percpu::stack_fold_due) return reinterpret_cast<void *>(obj);
+    if (obj == percpu::stack_fold_due) {
+      fold_loaded(c, w);
+      if (!nowait || ++blocked <= max_blocked_passes) continue;
+    }
     if (percpu::stack_swap_if(c->loaded_off, true, w)) continue;  // previous has rounds
     if (blocked <= max_blocked_passes && depot_acquire(c, w)) {
       magazine *reap = nowait ? nullptr : reap_if_due(c);  // reaping runs dtors: not here
@@ -213,9 +213,9 @@ void *get_slow(cache *c, int flags) {
         continue;
       }
     }
-    if (void *obj = spill_take(c)) {
+    if (void *spilled = spill_take(c)) {
       c->gets.fetch_add(1, std::memory_order_relaxed);
-      return obj;
+      return spilled;
     }
     // The depot is dry: make an object.
     if (!admit(c)) {

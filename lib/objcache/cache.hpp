@@ -44,6 +44,9 @@ struct cache : cache_head {  // the head first: objcache.hpp reads it inline
   // Counts folded out of magazine words, and the slow paths' own events.
   std::atomic<uint64_t> gets, puts, ctor_calls, dtor_calls, slab_allocs, slab_frees, reaped;
   std::atomic<uint64_t> exchanges, contention, resizes, ctor_failures, limit_waits;
+  // Folds of a loaded magazine's counters, begun and done: between the two
+  // the counts are in neither the word nor the totals, and stats reads again.
+  std::atomic<uint64_t> folds_begun, folds_done;
   std::atomic<void *> spill[spill_slots];
   // The registry (reclaim_all, the reap thread): serial orders the walk,
   // pins keep the cache alive while a walker works on it without the lock.

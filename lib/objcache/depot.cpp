@@ -268,39 +268,75 @@ void slot_pair(cache *c, unsigned cpu, magazine *pair[2]) {
 
 }  // namespace
 
+namespace {
+
+struct snapshot {
+  uint64_t gets = 0, puts = 0, cached = 0;
+};
+
+// Every slot magazine, the folded totals, the depot and the spill slots, as
+// of one reading (depot lock held). Under the lock no magazine enters or
+// leaves a slot (only loaded and previous swap) and none is freed, so
+// reading them is safe. Each magazine word is read once, and its gets, puts
+// and rounds all come from that one reading: a get/put pair that runs on one
+// CPU while the reader looks elsewhere changes both sums or neither. So the
+// snapshot is off only through threads that move between CPUs while it is
+// read (at most one object per move), never by the number of operations (a
+// reader preempted for a millisecond used to count every pair of that
+// millisecond as live).
+snapshot read_counts(cache *c) {
+  snapshot s;
+  for (unsigned cpu = 0; cpu < percpu::ncpus(); ++cpu) {
+    magazine *pair[2];
+    slot_pair(c, cpu, pair);
+    for (magazine *m : pair) {
+      if (!m) continue;
+      uint64_t w = word_of(m);
+      s.gets += gets_of(w);
+      s.puts += puts_of(w);
+      s.cached += rounds_of(w);
+    }
+  }
+  s.gets += c->gets.load(std::memory_order_acquire);
+  s.puts += c->puts.load(std::memory_order_acquire);
+  s.cached += c->dep.full_rounds;
+  for (auto &slot : c->spill) s.cached += slot.load(std::memory_order_relaxed) != nullptr;
+  return s;
+}
+
+}  // namespace
+
 int stats(cache *c, struct objcache_stats *out) {
   if (!c || c->magic != cache_magic || !out) return -EINVAL;
   *out = {};
-  uint64_t gets = 0, puts = 0, cached = 0;
+  snapshot s;
   {
-    // Under the depot lock no magazine enters or leaves a slot (only loaded
-    // and previous swap) and none is freed, so reading them is safe. Each
-    // magazine word is read once, and its gets, puts and rounds all come
-    // from that one reading: a get/put pair that runs while the reader
-    // looks elsewhere then changes both sums or neither, so live is off by
-    // at most the objects moving between CPUs as we read, never by the
-    // number of operations (a reader preempted for a millisecond would
-    // otherwise count every pair of that millisecond as live).
     os::guard g(c->dep.lock);
-    for (unsigned cpu = 0; cpu < percpu::ncpus(); ++cpu) {
-      magazine *pair[2];
-      slot_pair(c, cpu, pair);
-      for (magazine *m : pair) {
-        if (!m) continue;
-        uint64_t w = word_of(m);
-        gets += gets_of(w);
-        puts += puts_of(w);
-        cached += rounds_of(w);
-      }
+    // A fold moves a word's counts to the totals without this lock: read
+    // again if one was under way (folds are rare: one per 2^27 gets of a
+    // magazine, and a few instructions long).
+    for (int tries = 0;; ++tries) {
+      uint64_t begun = c->folds_begun.load(std::memory_order_acquire);
+      bool idle = c->folds_done.load(std::memory_order_acquire) == begun;
+      s = read_counts(c);
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      if ((idle && c->folds_begun.load(std::memory_order_relaxed) == begun) || tries == 1000) break;
+      os::yield_cpu();  // a folder was preempted mid-way
     }
-    gets += c->gets.load(std::memory_order_acquire);
-    puts += c->puts.load(std::memory_order_acquire);
-    cached += c->dep.full_rounds;
-    for (auto &slot : c->spill) cached += slot.load(std::memory_order_relaxed) != nullptr;
     out->depot_full = c->dep.nfull;
     out->depot_empty = c->dep.nempty;
   }
-  if (puts > gets) puts = gets;  // an object put on a CPU read after the one it came from
+  uint64_t gets = s.gets, puts = s.puts, cached = s.cached;
+  // Per magazine, rounds = rounds when it entered the slot + puts - gets, so
+  // cached + live always equals the objects that exist; an object that moved
+  // to a CPU read after the one it left shows once too many in cached and
+  // once too few in live. Where that takes live below zero, both are
+  // brought back to what exists.
+  if (puts > gets) {
+    uint64_t excess = puts - gets;
+    cached -= excess < cached ? excess : cached;
+    puts = gets;
+  }
   out->gets = gets;
   out->puts = puts;
   out->live = gets - puts;

@@ -54,7 +54,7 @@ void put_slow(cache *c, void *obj);
 SR_RSEQ_FN void *get_inline(cache *c, int flags) {
   auto *h = reinterpret_cast<cache_head *>(c);
   os::wait w = flags & SR_NOWAIT ? os::wait::no : os::wait::yes;  // lock mode only
-  if (uintptr_t obj = percpu::stack_pop(h->loaded_off, w); __builtin_expect(obj != 0, 1))
+  if (uintptr_t obj = percpu::stack_pop(h->loaded_off, w); __builtin_expect(obj > percpu::stack_fold_due, 1))
     return reinterpret_cast<void *>(obj);
   return get_slow(c, flags);
 }

@@ -39,6 +39,7 @@ uint64_t random_seed();  // from the kernel, for secrets
 // (26 ns vs 3 ns measured here under kvm-clock), for interval timers.
 uint64_t coarse_now_ns();
 void sleep_ms(unsigned ms);
+void yield_cpu();  // sched_yield()
 
 struct topology_info { unsigned packages, cores, pus, numa_nodes; bool from_hwloc; };
 // Loads hwloc with dlopen on first call. Never call it from an allocation

@@ -134,6 +134,8 @@ void sleep_ms(unsigned ms) {
   }
 }
 
+void yield_cpu() { ::sched_yield(); }
+
 bool rseq_fence_register() {
   return ::syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0;
 }

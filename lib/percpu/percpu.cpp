@@ -264,7 +264,11 @@ bool locked_stack_pop(size_t offset, uint64_t limit, uint64_t delta, uintptr_t *
   if (!stack) return false;
   uint64_t w = stack_word(stack);
   uint64_t n = w & stack_count_mask;
-  if (n == 0 || w >= limit) return false;
+  if (n == 0) return false;
+  if (w >= limit) {
+    *out = stack_fold_due;
+    return true;
+  }
   *out = stack_items(stack)[n - 1];
   __atomic_store_n(&stack_word(stack), w + delta, __ATOMIC_RELAXED);
   return true;

@@ -177,8 +177,12 @@ inline constexpr uint64_t stack_push_delta = (uint64_t{1} << stack_lo_shift) + 1
 // (lo may run ahead of hi by at most the capacity since the last fold).
 inline constexpr uint64_t stack_fold_limit = ((uint64_t{1} << 27) - 4096) << stack_hi_shift;
 
-// The popped item, or 0 when there is no stack, it is empty, or its counters
-// must be folded first.
+// What stack_pop returns, besides an item, when the counters must be folded
+// (stack_take_counts) before the next pop: no item is ever at address 1.
+inline constexpr uintptr_t stack_fold_due = 1;
+
+// The popped item; 0 when there is no stack or it is empty (or, in lock
+// mode, its lock was out of reach); stack_fold_due.
 SR_RSEQ_FN uintptr_t stack_pop(size_t offset, os::wait w = os::wait::yes) {
 #if SYSREF_HAVE_RSEQ
   if (__builtin_expect(g_region.m == mode::rseq, 1))

@@ -196,15 +196,15 @@ abort:
   "movl %%edx, %%r8d\n\t"                                 \
   "andl $1023, %%r8d\n\t"
 
-// Returns the popped item, or 0 (mismatch: no stack, empty, or at limit).
-// Aborts rerun the section.
+// Returns the popped item, 0 (no stack, or empty) or 1 (the word reached
+// limit: its counters must be folded first). Aborts rerun the section.
 SR_RSEQ_FN uintptr_t stack_pop(ptrdiff_t roff, uintptr_t base, uint64_t limit, uint64_t pop_delta) {
   uintptr_t item;
   asm goto(SR_RSEQ_PROLOGUE
            SR_STACK_LOAD
            "jz %l[mismatch_]\n\t"
            "cmpq %[limit], %%rdx\n\t"
-           "jae %l[mismatch_]\n\t"
+           "jae %l[fold_due]\n\t"
            "movq 16(%%rcx,%%r8,8), %[item]\n\t"
            "addq %[delta], %%rdx\n\t"
            "movq %%rdx, (%%rcx)\n\t"
@@ -212,10 +212,12 @@ SR_RSEQ_FN uintptr_t stack_pop(ptrdiff_t roff, uintptr_t base, uint64_t limit, u
            : [item] "=&r"(item)
            : [roff] "r"(roff), [base] "r"(base), [limit] "r"(limit), [delta] "r"(pop_delta)
            : "rax", "rcx", "rdx", "r8", "memory", "cc"
-           : mismatch_);
+           : mismatch_, fold_due);
   return item;
 mismatch_:
   return 0;
+fold_due:
+  return 1;
 }
 
 // Pushes obj unless there is no stack or it is full (false). Aborts rerun.
