@@ -615,3 +615,70 @@ Test(objcache, an_interval_that_started_after_the_reading_is_not_reaped) {
   cr_expect_eq(stats_of(oc).reaped, 0u, "a wrapped difference reaped the depot");
   objcache_destroy(oc);
 }
+
+// Issue 6, defect 4, made deterministic: the signal arrives while this very
+// thread holds a lock of the cache, as if interrupted in its slow path: the
+// depot lock, or the per-CPU slot lock that guards its magazines in lock
+// mode. With no magazine on this CPU, the handler's put can reach neither a
+// magazine nor the depot: it must park the object (constructed) without
+// waiting; the handler's SR_NOWAIT gets must return at once, the first with
+// that very object.
+namespace {
+
+struct {
+  objcache_t *oc;
+  void *to_put, *first, *second;
+  bool ran;
+} g_held;
+
+void put_and_get_nowait(int) {
+  int saved = errno;
+  objcache_put(g_held.oc, g_held.to_put);
+  g_held.first = objcache_get(g_held.oc, SR_NOWAIT);
+  g_held.second = objcache_get(g_held.oc, SR_NOWAIT);
+  g_held.ran = true;
+  errno = saved;
+}
+
+void handler_under(sysref::os::lock &(*which)(sysref::objcache::cache *)) {
+  pin_to(0);
+  objcache_t *oc = widgets();
+  void *obj = objcache_get(oc, 0);
+  objcache_reclaim(oc);  // no magazine left on any CPU
+  auto *c = reinterpret_cast<sysref::objcache::cache *>(oc);
+  const uint64_t dtors = stats_of(oc).dtor_calls;
+  g_held = {oc, obj, nullptr, nullptr, false};
+  struct sigaction sa {};
+  sa.sa_handler = put_and_get_nowait;
+  sigaction(SIGUSR1, &sa, nullptr);
+  sysref::os::lock &held = which(c);
+  held.acquire();
+  raise(SIGUSR1);  // runs the handler now, on this thread
+  held.release();
+  cr_assert(g_held.ran);
+  cr_expect_eq(g_held.first, obj, "the parked object came back first, still constructed");
+  cr_expect_eq(static_cast<widget *>(obj)->magic, built);
+  cr_expect_not_null(g_held.second, "the next one was made without a lock");
+  struct objcache_stats s = stats_of(oc);
+  cr_expect_eq(s.live, 2u);
+  cr_expect_eq(s.gets, s.puts + s.live);
+  objcache_put(oc, g_held.first);
+  objcache_put(oc, g_held.second);
+  s = stats_of(oc);
+  cr_expect_eq(s.live, 0u);
+  cr_expect_eq(s.dtor_calls, dtors, "no object was destructed on the way");
+  objcache_destroy(oc);
+}
+
+}  // namespace
+
+Test(objcache, a_handler_interrupting_the_depot_lock_never_waits, .timeout = 10) {
+  handler_under([](sysref::objcache::cache *c) -> sysref::os::lock & { return c->dep.lock; });
+}
+
+Test(objcache, a_handler_interrupting_the_slot_lock_never_waits, .timeout = 10) {
+  handler_under([](sysref::objcache::cache *c) -> sysref::os::lock & {
+    namespace percpu = sysref::percpu;
+    return *reinterpret_cast<sysref::os::lock *>(percpu::address(percpu::current_cpu(), c->slot));
+  });
+}

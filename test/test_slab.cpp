@@ -20,6 +20,7 @@
 
 #include "crew.hpp"
 #include "slab/slab.hpp"
+#include "slab/zone.hpp"
 
 using namespace test_crew;
 
@@ -690,4 +691,64 @@ Test(slab, type_stable_zone_never_unmaps_a_slab) {
   uint64_t sum = 0;
   for (void *p : v) sum += *static_cast<volatile uint64_t *>(p);
   (void)sum;
+}
+
+// Issue 6, defect 4, made deterministic: the signal arrives while this very
+// thread holds the zone lock, as if it had been interrupted in the zone's
+// slow path. The handler's kfree_obj of an object whose slab is on no CPU
+// (it needs the zone lock) must take the lock-free way, and its
+// kmalloc_obj(SR_NOWAIT) with this CPU's slab used up must fail at once:
+// waiting would never end.
+namespace {
+
+struct {
+  kmalloc_zone_t *z;
+  void *to_free;
+  void *got;
+  int got_errno;
+  bool ran;
+} g_held;
+
+void free_and_get_nowait(int) {
+  int saved = errno;
+  kfree_obj(g_held.to_free, g_held.z);
+  errno = 0;
+  g_held.got = kmalloc_obj(g_held.z, SR_NOWAIT);
+  g_held.got_errno = errno;
+  g_held.ran = true;
+  errno = saved;
+}
+
+}  // namespace
+
+Test(slab, a_handler_interrupting_the_zone_lock_never_waits, .timeout = 10) {
+  pin_to(0);
+  kmalloc_zone_t *z = kmalloc_obj_zone_create("t.sigzone", 1024, 0, 0);
+  auto *zone = reinterpret_cast<sysref::slab::zone *>(z);
+  // Three slabs' worth: the first slabs are full and bound to no CPU.
+  std::vector<void *> v = drain(z, 0, 3 * zstats(z).objs_per_slab);
+  // Use up this CPU's slab, so that any further allocation needs the lock.
+  namespace percpu = sysref::percpu;
+  while (percpu::peek(percpu::current_cpu(), zone->w_off()) & zone->mask) v.push_back(kmalloc_obj(z, 0));
+  g_held = {z, v.front(), nullptr, 0, false};
+  const uint64_t live = zstats(z).live;
+  struct sigaction sa {};
+  sa.sa_handler = free_and_get_nowait;
+  sigaction(SIGUSR1, &sa, nullptr);
+  zone->lock.acquire();
+  raise(SIGUSR1);  // runs the handler now, on this thread
+  zone->lock.release();
+  cr_assert(g_held.ran);
+  cr_expect_null(g_held.got, "the only way to an object was the zone lock");
+  cr_expect_eq(g_held.got_errno, ENOMEM);
+  kmalloc_zone_stats s = zstats(z);  // files the deferred free
+  cr_expect_eq(s.live, live - 1, "the handler's free counted");
+  cr_expect_geq(s.slabs_partial, 1u, "and filed into its slab once the lock was free");
+  cr_expect_eq(s.errors, 0u);
+  v.erase(v.begin());
+  free_all(z, v);
+  s = zstats(z);
+  cr_expect_eq(s.live, 0u);
+  cr_expect_eq(s.slabs_partial + s.slabs_full, 0u, "nothing was lost on the way");
+  kmalloc_obj_zone_destroy(z);
 }
