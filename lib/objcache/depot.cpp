@@ -266,10 +266,6 @@ void slot_pair(cache *c, unsigned cpu, magazine *pair[2]) {
   pair[1] = reinterpret_cast<magazine *>(b);
 }
 
-}  // namespace
-
-namespace {
-
 struct snapshot {
   uint64_t gets = 0, puts = 0, cached = 0;
 };
@@ -291,7 +287,8 @@ snapshot read_counts(cache *c) {
     slot_pair(c, cpu, pair);
     for (magazine *m : pair) {
       if (!m) continue;
-      uint64_t w = word_of(m);
+      // Acquire: the check of folds_begun after this reading stays after it.
+      uint64_t w = __atomic_load_n(&m->word, __ATOMIC_ACQUIRE);
       s.gets += gets_of(w);
       s.puts += puts_of(w);
       s.cached += rounds_of(w);
@@ -319,8 +316,7 @@ int stats(cache *c, struct objcache_stats *out) {
       uint64_t begun = c->folds_begun.load(std::memory_order_acquire);
       bool idle = c->folds_done.load(std::memory_order_acquire) == begun;
       s = read_counts(c);
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-      if ((idle && c->folds_begun.load(std::memory_order_relaxed) == begun) || tries == 1000) break;
+      if ((idle && c->folds_begun.load(std::memory_order_acquire) == begun) || tries == 1000) break;
       os::yield_cpu();  // a folder was preempted mid-way
     }
     out->depot_full = c->dep.nfull;

@@ -317,7 +317,9 @@ bool locked_stack_take_counts(size_t offset, uint64_t limit, uint64_t *out, os::
   uintptr_t stack = word(g.cpu, offset);
   if (!stack || stack_word(stack) < limit) return false;
   *out = stack_word(stack);
-  __atomic_store_n(&stack_word(stack), *out & stack_count_mask, __ATOMIC_RELAXED);
+  // Release: a reader that sees the counters gone also sees why (objcache's
+  // folds_begun, counted before this).
+  __atomic_store_n(&stack_word(stack), *out & stack_count_mask, __ATOMIC_RELEASE);
   return true;
 }
 
