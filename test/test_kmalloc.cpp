@@ -776,7 +776,6 @@ Test(kmalloc, large_blocks_are_reused_and_zeroed_on_request) {
 
 namespace {
 
-
 void reap_every_100ms() { setenv("SYSREF_REAP_INTERVAL_MS", "100", 1); }
 
 }  // namespace

@@ -428,7 +428,6 @@ Test(objcache, limit_reaches_objects_stranded_on_another_cpu) {
 
 namespace {
 
-
 std::atomic<long> g_busy_dtors{0}, g_busy_failures{0};
 
 // A destructor that uses the library as real ones do: a size class nothing

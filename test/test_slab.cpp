@@ -384,7 +384,6 @@ Test(slab, double_free_on_a_detached_slab_is_caught, .init = count_errors) {
 
 namespace {
 
-
 // Sends stderr to /dev/null while it lives: in count mode the library writes
 // a line per error, and a test that makes errors on purpose counts them.
 class quiet_stderr {
