@@ -681,3 +681,35 @@ Test(objcache, a_handler_interrupting_the_slot_lock_never_waits, .timeout = 10) 
     return *reinterpret_cast<sysref::os::lock *>(percpu::address(percpu::current_cpu(), c->slot));
   });
 }
+
+// What a handler parks in a spill slot is still the cache's: statistics
+// count it as cached, and objcache_reclaim destructs it.
+namespace {
+
+void put_only(int) { objcache_put(g_held.oc, g_held.to_put); }
+
+}  // namespace
+
+Test(objcache, a_parked_object_is_cached_and_reclaimed, .timeout = 10) {
+  pin_to(0);
+  objcache_t *oc = widgets();
+  void *obj = objcache_get(oc, 0);
+  objcache_reclaim(oc);  // no magazine left on any CPU
+  auto *c = reinterpret_cast<sysref::objcache::cache *>(oc);
+  g_held = {oc, obj, nullptr, nullptr, false};
+  struct sigaction sa {};
+  sa.sa_handler = put_only;
+  sigaction(SIGUSR1, &sa, nullptr);
+  c->dep.lock.acquire();
+  raise(SIGUSR1);
+  c->dep.lock.release();
+  struct objcache_stats s = stats_of(oc);
+  cr_expect_eq(s.live, 0u);
+  cr_expect_eq(s.cached, 1u, "the parked object is cached");
+  const uint64_t dtors = s.dtor_calls;
+  cr_expect_geq(objcache_reclaim(oc), sizeof(widget));
+  s = stats_of(oc);
+  cr_expect_eq(s.cached, 0u);
+  cr_expect_eq(s.dtor_calls, dtors + 1, "reclaim destructed it");
+  objcache_destroy(oc);
+}
