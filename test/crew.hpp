@@ -123,6 +123,39 @@ class crew {
   std::thread storm_;
 };
 
+// Checks statistics snapshots taken while `threads` workers each hold at
+// most one object: a snapshot may count one object too many per move the
+// crew made while it was read (objcache(3), kmalloc_obj(3)), and one move
+// may be in flight. Without moves the bound is exact.
+class live_bound {
+ public:
+  live_bound(const crew &c, bool moves, uint64_t threads) : c_(c), moves_(moves), threads_(threads) {}
+  // Takes a snapshot with read() and returns it, noting whether it is over.
+  template <class Read>
+  auto snapshot(Read read) {
+    uint64_t before = c_.moves();
+    auto s = read();
+    uint64_t moved = moves_ ? c_.moves() - before + 1 : 0;
+    if (s.live > threads_ + moved && over_++ == 0) {
+      first_live_ = s.live;
+      first_moves_ = moved;
+    }
+    return s;
+  }
+  void expect_none_over(const char *how) const {
+    cr_expect_eq(over_, 0u,
+                 "%s: %lu snapshots showed more live objects than exist plus moves (first: %lu live, "
+                 "%lu threads, %lu moves)",
+                 how, static_cast<unsigned long>(over_), static_cast<unsigned long>(first_live_),
+                 static_cast<unsigned long>(threads_), static_cast<unsigned long>(first_moves_));
+  }
+
+ private:
+  const crew &c_;
+  bool moves_;
+  uint64_t threads_, over_ = 0, first_live_ = 0, first_moves_ = 0;
+};
+
 // Pins the calling thread to one CPU (cpu modulo the CPU count).
 inline void pin_to(unsigned cpu) {
   cpu_set_t set;

@@ -116,12 +116,9 @@ class lock {
   std::atomic<uint32_t> word_{0};  // 0 free, 1 held, 2 held with waiters
 };
 
-inline constexpr struct adopt_t {} adopt;  // guard a lock already taken
-
 class guard {
  public:
   explicit guard(lock &l) : l_(l) { l_.acquire(); }
-  guard(lock &l, adopt_t) : l_(l) {}
   ~guard() { l_.release(); }
   guard(const guard &) = delete;
   guard &operator=(const guard &) = delete;

@@ -54,6 +54,23 @@ uintptr_t &word(unsigned cpu, size_t offset) {
   return *reinterpret_cast<uintptr_t *>(address(cpu, offset));
 }
 
+// A CPU's slot lock for offset (by default the current CPU's), taken as w
+// allows: false when not taken. The guard releases it.
+struct slot_guard {
+  os::lock *l = nullptr;
+  unsigned cpu;
+  slot_guard(size_t offset, os::wait w, unsigned on_cpu = os::current_cpu()) : cpu(on_cpu) {
+    os::lock &candidate = slot_lock_of(cpu, offset);
+    if (candidate.acquire(w)) l = &candidate;
+  }
+  ~slot_guard() {
+    if (l) l->release();
+  }
+  explicit operator bool() const { return l != nullptr; }
+  slot_guard(const slot_guard &) = delete;
+  slot_guard &operator=(const slot_guard &) = delete;
+};
+
 }  // namespace
 
 bool ensure_init() {
@@ -170,9 +187,8 @@ bool take_pair(unsigned cpu, size_t offset, uintptr_t out[2], os::wait wt) {
     }
   }
 #endif
-  os::lock &l = slot_lock_of(cpu, offset);
-  if (!l.acquire(wt)) return false;
-  os::guard g(l, os::adopt);
+  slot_guard g(offset, wt, cpu);
+  if (!g) return false;
   out[0] = w[0];
   out[1] = w[1];
   __atomic_store_n(&w[0], uintptr_t{0}, __ATOMIC_RELAXED);
@@ -190,23 +206,6 @@ uint64_t sum(size_t offset) {
 // readers on other CPUs peek at them without the lock. Counters are added
 // with atomic read-modify-writes, since add() takes no lock.
 namespace {
-
-// The current CPU's slot lock for offset, taken as w allows (nullptr: not
-// taken). The guard releases it.
-struct slot_guard {
-  os::lock *l = nullptr;
-  unsigned cpu;
-  slot_guard(size_t offset, os::wait w) : cpu(os::current_cpu()) {
-    os::lock &candidate = slot_lock_of(cpu, offset);
-    if (candidate.acquire(w)) l = &candidate;
-  }
-  ~slot_guard() {
-    if (l) l->release();
-  }
-  explicit operator bool() const { return l != nullptr; }
-  slot_guard(const slot_guard &) = delete;
-  slot_guard &operator=(const slot_guard &) = delete;
-};
 
 void count(uintptr_t &counter, uint64_t n) { __atomic_fetch_add(&counter, n, __ATOMIC_RELAXED); }
 
