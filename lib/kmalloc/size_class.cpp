@@ -62,7 +62,7 @@ objcache::cache *create_class(unsigned index, int flags) {
   const size_t size = class_size_of(index), page = os::page_size();
   // Power-of-two classes are naturally aligned (up to a page): aligned
   // requests are served from them.
-  const size_t align = std::has_single_bit(size) ? (size < page ? size : page) : 16;
+  const size_t align = (size & (size - 1)) == 0 ? (size < page ? size : page) : 16;
   format_name(c.name, sizeof c.name, size);
   objcache::params p{};
   p.name = c.name;

@@ -3,7 +3,6 @@
 // path can ever reach it (hwloc allocates with malloc).
 #include <dlfcn.h>
 #include <hwloc.h>
-#include <mutex>
 
 #include "os.hpp"
 
@@ -44,10 +43,20 @@ topology_info probe() {
 
 }  // namespace
 
+// Probed once. No library lock is held meanwhile: hwloc allocates, and under
+// the preload shim that is this library again.
 topology_info topology() {
-  static std::once_flag once;
-  static topology_info cached;
-  std::call_once(once, [] { cached = probe(); });
+  static constinit std::atomic<uint32_t> state{0};  // 0 not probed, 1 probing, 2 done
+  static constinit topology_info cached{};
+  uint32_t s = state.load(std::memory_order_acquire);
+  if (s == 2) return cached;
+  if (s == 0 && state.compare_exchange_strong(s, 1, std::memory_order_acquire)) {
+    cached = probe();
+    state.store(2, std::memory_order_release);
+    futex_wake(&state, INT32_MAX);
+    return cached;
+  }
+  while ((s = state.load(std::memory_order_acquire)) != 2) futex_wait(&state, s);
   return cached;
 }
 

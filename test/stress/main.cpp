@@ -55,6 +55,7 @@ constexpr scenario scenarios[] = {
     {"malloc-cross-thread", malloc_across_threads},
     {"dtor-reentry", reentrant_dtors},
     {"signal-safety", signal_safety},
+    {"sysref-race", sysref_race},
 };
 
 }  // namespace

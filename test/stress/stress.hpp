@@ -20,7 +20,8 @@
 // The files: stress.hpp (this: what the scenarios share), main.cpp (the
 // scenario table, arguments, the watchdog), and one file per layer of
 // scenarios: slab.cpp, objcache.cpp, kmalloc.cpp (with the census of the
-// kmalloc layer), signals.cpp (signal safety across all three).
+// kmalloc layer), signals.cpp (signal safety across all three), sysref.cpp
+// (lookups and foreach against termination).
 #pragma once
 
 #include <algorithm>
@@ -283,5 +284,8 @@ void malloc_across_threads();
 
 // signals.cpp
 void signal_safety();
+
+// sysref.cpp
+void sysref_race();
 
 }  // namespace stress
