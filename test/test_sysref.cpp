@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "crew.hpp"
+#include "sysref_race.hpp"
 #include "sysref/rbtree.hpp"  // the index's tree, tested on its own below
 
 namespace {
@@ -1448,201 +1449,20 @@ Test(sysref, racing_last_puts_terminate_once, .timeout = 60) {
   cr_expect_eq(stats(&things).live, 0u);
 }
 
-// The race of the issue, under a crew storm (more threads than CPUs, moved
-// between CPUs and interrupted by timer signals): owners create, activate,
-// publish and terminate objects (some creations aborted, some sysids seen,
-// some terminates keeping a reference for later); lookups of published
-// sysids, fresh and stale, and foreach walks run against that. Every lookup
-// that returns an object, and every foreach callback, sees it active: alive
-// (set before activation, cleared in terminate) and with the looked-up sysid.
-namespace {
-
-struct race {
-  static constexpr int nslots = 8, nids = 32;
-  std::atomic<thing *> slot[nslots] = {};      // an owner's reference each
-  std::atomic<sysid_t> ids[nids] = {};          // published sysids, fresh or stale
-  std::atomic<unsigned> next_id{0};
-  std::mutex held_lock;
-  std::vector<thing *> held;  // references taken in terminate
-  std::atomic<long> allocs{0}, aborted{0}, activations{0}, terminations{0}, double_terminations{0},
-      bad_objects{0}, lookups{0}, hits{0}, bad_hits{0}, visits{0}, bad_visits{0}, out_of_order{0},
-      passes{0}, bad_returns{0}, kills{0}, alloc_failures{0};
-
-  void kill(unsigned k) {
-    if (thing *t = slot[k % nslots].exchange(nullptr)) {
-      kills.fetch_add(1, std::memory_order_relaxed);
-      sysref_put(&t->sr);
-    }
-  }
-  void drain() {
-    std::vector<thing *> v;
-    {
-      std::lock_guard<std::mutex> g(held_lock);
-      v.swap(held);
-    }
-    for (thing *t : v) sysref_put(&t->sr);
-  }
-};
-race *g_race;
-
-void race_terminate(void *obj) {
-  auto *t = static_cast<thing *>(obj);
-  race &r = *g_race;
-  if (alive(t).exchange(0, std::memory_order_acq_rel) != 1) {
-    r.double_terminations.fetch_add(1);
-    return;  // and take no reference: a library that terminates again on its put would loop
-  }
-  if (r.terminations.fetch_add(1, std::memory_order_relaxed) % 4 == 0) {
-    sysref_get(&t->sr);  // finish "work in flight" later, from another thread maybe
-    std::lock_guard<std::mutex> g(r.held_lock);
-    r.held.push_back(t);
-  }
-}
-
-class_counts g_racer_counts;
-struct sysref_class racers = {
-    .name = "t.racer",
-    .objsize = sizeof(thing),
-    .offset = offsetof(thing, sr),
-    .ctor = thing_ctor,
-    .dtor = thing_dtor,
-    .terminate = race_terminate,
-    .priv = &g_racer_counts,
-    .flags = 0,
-};
-
-void race_owner(race &r, const test_crew::crew &c, uint64_t seed) {
-  while (!c.stopping()) {
-    uint64_t x = lcg(seed);
-    auto *t = static_cast<thing *>(sysref_alloc(&racers));
-    if (!t) {
-      r.alloc_failures.fetch_add(1);
-      continue;
-    }
-    r.allocs.fetch_add(1, std::memory_order_relaxed);
-    if (t->magic != built || alive(t).load(std::memory_order_acquire) != 0) r.bad_objects.fetch_add(1);
-    if (x % 8 == 0) {  // abort the creation, now and then with a temporary reference
-      if (x % 16 == 0) {
-        sysref_get(&t->sr);
-        sysref_put(&t->sr);
-      }
-      sysref_put(&t->sr);
-      r.aborted.fetch_add(1, std::memory_order_relaxed);
-      continue;
-    }
-    sysid_t id = (x >> 4) % 2 ? sysref_sysid(&t->sr) : raw_id(t);
-    id_of(t).store(id, std::memory_order_relaxed);
-    alive(t).store(1, std::memory_order_release);
-    r.activations.fetch_add(1, std::memory_order_relaxed);
-    sysref_activate(&t->sr);
-    r.ids[r.next_id.fetch_add(1, std::memory_order_relaxed) % race::nids].store(id, std::memory_order_relaxed);
-    if (thing *old = r.slot[(x >> 8) % race::nslots].exchange(t)) sysref_put(&old->sr);
-    if ((x >> 12) % 8 == 0) r.drain();
-  }
-}
-
-void race_looker(race &r, const test_crew::crew &c, uint64_t seed) {
-  while (!c.stopping()) {
-    uint64_t x = lcg(seed);
-    sysid_t id = r.ids[x % race::nids].load(std::memory_order_relaxed);
-    if (!id) continue;
-    r.lookups.fetch_add(1, std::memory_order_relaxed);
-    thing *t = lookup(id);
-    if (!t) continue;
-    r.hits.fetch_add(1, std::memory_order_relaxed);
-    if (alive(t).load(std::memory_order_acquire) != 1 || id_of(t).load(std::memory_order_relaxed) != id ||
-        t->magic != built)
-      r.bad_hits.fetch_add(1);
-    if (!sysref_get_not_zero(&t->sr)) r.bad_hits.fetch_add(1);  // active while we hold it
-    else sysref_put(&t->sr);
-    if ((x >> 8) % 16 == 0) r.kill(static_cast<unsigned>(x >> 12));  // maybe this very object
-    if (alive(t).load(std::memory_order_acquire) != 1) r.bad_hits.fetch_add(1);
-    sysref_put(&t->sr);
-  }
-}
-
-struct race_walk {
-  race *r;
-  uint64_t seed;
-  sysid_t last;
-  bool first;
-};
-
-int race_visit(void *obj, void *arg) {
-  auto *w = static_cast<race_walk *>(arg);
-  auto *t = static_cast<thing *>(obj);
-  race &r = *w->r;
-  r.visits.fetch_add(1, std::memory_order_relaxed);
-  sysid_t id = raw_id(t);
-  if (alive(t).load(std::memory_order_acquire) != 1 || id_of(t).load(std::memory_order_relaxed) != id ||
-      t->magic != built)
-    r.bad_visits.fetch_add(1);
-  if (!w->first && id <= w->last) r.out_of_order.fetch_add(1);
-  w->first = false;
-  w->last = id;
-  uint64_t x = lcg(w->seed);
-  if (x % 8 == 0) r.kill(static_cast<unsigned>(x >> 8));
-  return 0;
-}
-
-void race_walker(race &r, const test_crew::crew &c, uint64_t seed) {
-  while (!c.stopping()) {
-    race_walk w{&r, seed++, 0, true};
-    if (sysref_foreach(&racers, race_visit, &w) != 0) r.bad_returns.fetch_add(1);
-    r.passes.fetch_add(1, std::memory_order_relaxed);
-  }
-}
-
-}  // namespace
-
+// The race of the issue (sysref_race.hpp, shared with the stress
+// executable's sysref-race), under a crew storm: more threads than CPUs,
+// moved between CPUs and interrupted by timer signals, for 1.5 s.
 Test(sysref, lookups_and_foreach_race_termination, .timeout = 60) {
-  race r;
-  g_race = &r;
+  sysref_race::race r;
   const unsigned ncpu = std::max(1u, std::thread::hardware_concurrency());
-  const unsigned lookers = std::min(10u, std::max(2u, ncpu));
+  const unsigned lookers = std::min(10u, std::max(2u, ncpu));  // the crew takes 16 threads
   {
     test_crew::crew c(true, 200);
-    for (uint64_t i = 0; i < 2; ++i) c.spawn([&, i] { race_owner(r, c, 1 + i); });
-    for (uint64_t i = 0; i < lookers; ++i) c.spawn([&, i] { race_looker(r, c, 100 + i); });
-    c.spawn([&] { race_walker(r, c, 1000); });
+    sysref_race::start(r, lookers, [&c](auto fn) { c.spawn(fn); });
     std::this_thread::sleep_until(test_crew::after_ms(1500));
+    r.stop.store(true);
   }
-  for (unsigned k = 0; k < race::nslots; ++k) r.kill(k);
-  for (;;) {
-    {
-      std::lock_guard<std::mutex> g(r.held_lock);
-      if (r.held.empty()) break;
-    }
-    r.drain();
-  }
-  cr_expect_eq(r.alloc_failures.load(), 0);
-  cr_expect_eq(r.bad_objects.load(), 0, "sysref_alloc returned an unconstructed or live object");
-  cr_expect_eq(r.double_terminations.load(), 0, "terminate ran twice, or on an object never activated");
-  cr_expect_eq(r.terminations.load(), r.activations.load(), "every activated object terminated once");
-  cr_expect_eq(r.bad_hits.load(), 0, "%ld of %ld lookups returned an object not active or not theirs",
-               r.bad_hits.load(), r.hits.load());
-  cr_expect_eq(r.bad_visits.load(), 0, "%ld of %ld foreach visits saw an object not active", r.bad_visits.load(),
-               r.visits.load());
-  cr_expect_eq(r.out_of_order.load(), 0, "foreach went out of sysid order");
-  cr_expect_eq(r.bad_returns.load(), 0);
-  cr_expect_gt(r.hits.load(), 0);
-  cr_expect_gt(r.lookups.load(), r.hits.load(), "some lookups missed");
-  cr_expect_gt(r.visits.load(), 0);
-  cr_expect_gt(r.kills.load(), 0);
-  cr_expect_gt(r.aborted.load(), 0);
-  struct sysref_stats s = stats(&racers), all = stats(nullptr);
-  cr_expect_eq(s.live, 0u, "live %lu after every reference was put", (unsigned long)s.live);
-  cr_expect_eq(s.creating + s.active + s.terminating, 0u);
-  cr_expect_eq(s.allocs, (uint64_t)r.allocs.load());
-  cr_expect_eq(all.lookups, (uint64_t)r.lookups.load());
-  cr_expect_eq(all.lookup_misses, (uint64_t)(r.lookups.load() - r.hits.load()));
-  cr_expect_gt(s.retired, 0u, "seen objects were retired");
-  cr_expect_lt(s.constructions, s.allocs, "unseen objects were recycled");
-  expect_consistent(s, "after the race");
-  cr_expect_eq(s.constructions, (uint64_t)g_racer_counts.ctors.load());
-  cr_expect_eq(s.destructions, (uint64_t)g_racer_counts.dtors.load());
-  cr_expect_eq(g_racer_counts.bad_dtors.load(), 0, "a destructed object was alive or unconstructed");
-  g_race = nullptr;
+  for (const auto &k : sysref_race::checks(r, r.end())) cr_expect(k.ok, "%s", k.what.c_str());
 }
 
 // ---- the index's red-black tree, on its own -------------------------------------
