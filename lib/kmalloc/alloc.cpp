@@ -163,7 +163,8 @@ void *aligned(size_t size, size_t align, int flags) {
 
 stats snapshot() {
   large::counters l = large::snapshot();
-  return {l.allocs, l.frees, l.bytes_mapped, l.bytes_unmapped, g_errors.load(std::memory_order_relaxed)};
+  return {l.allocs, l.frees, l.bytes_mapped, l.bytes_unmapped, g_errors.load(std::memory_order_relaxed),
+          l.peak_live_bytes};
 }
 
 unsigned class_count() { return num_classes; }

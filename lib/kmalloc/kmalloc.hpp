@@ -60,6 +60,7 @@ struct stats {
   uint64_t large_allocs, large_frees;
   uint64_t large_bytes_mapped, large_bytes_unmapped;  // lifetime totals
   uint64_t errors;                                    // bad pointers reported
+  uint64_t large_peak_bytes;                          // most large-block bytes live at once
 };
 stats snapshot();
 
@@ -69,5 +70,14 @@ size_t class_size(unsigned index);
 objcache::cache *class_cache(unsigned index);
 // Returns every class's cached objects to its slabs; bytes given back.
 size_t reclaim();
+
+// fork (the preload shim's atfork handlers): the class-creation lock
+// (before the objcache layer's locks: a creation holds it while it makes a
+// cache) and, separately, the large blocks' kept-mappings lock (a leaf).
+// Released in the parent and in the child.
+void prefork_classes();
+void prefork_large();
+void postfork_large();
+void postfork_classes();
 
 }  // namespace sysref::kmalloc

@@ -2,6 +2,7 @@
 // (or more), registered in the page map under a record from an internal
 // slab zone. Records never come from malloc and never live in the block.
 #include "large.hpp"
+#include "kmalloc.hpp"
 
 #include <atomic>
 #include <cstring>
@@ -27,6 +28,7 @@ constinit slab::lazy_zone g_records{{}, "kmalloc.large", sizeof(record), 0, slab
 
 struct atomic_counters {
   std::atomic<uint64_t> allocs, frees, mapped, unmapped;
+  std::atomic<uint64_t> peak_live;  // most bytes in blocks handed out at once
 };
 constinit atomic_counters g_count{};
 
@@ -148,7 +150,11 @@ void *alloc(size_t size, size_t align, int flags) {
     return nullptr;
   }
   g_count.allocs.fetch_add(1, std::memory_order_relaxed);
-  g_count.mapped.fetch_add(len, std::memory_order_relaxed);
+  uint64_t live = g_count.mapped.fetch_add(len, std::memory_order_relaxed) + len -
+                  g_count.unmapped.load(std::memory_order_relaxed);
+  uint64_t peak = g_count.peak_live.load(std::memory_order_relaxed);
+  while (live > peak && !g_count.peak_live.compare_exchange_weak(peak, live, std::memory_order_relaxed)) {
+  }
   return m;
 }
 
@@ -196,7 +202,14 @@ size_t flush_kept() {
 
 counters snapshot() {
   auto ld = [](const std::atomic<uint64_t> &a) { return a.load(std::memory_order_relaxed); };
-  return {ld(g_count.allocs), ld(g_count.frees), ld(g_count.mapped), ld(g_count.unmapped), ld(g_reused)};
+  return {ld(g_count.allocs), ld(g_count.frees), ld(g_count.mapped), ld(g_count.unmapped), ld(g_reused),
+          ld(g_count.peak_live)};
 }
 
 }  // namespace sysref::kmalloc::large
+
+namespace sysref::kmalloc {
+// fork: the kept-mappings lock is a leaf (nothing is taken under it).
+void prefork_large() { large::g_kept_lock.acquire(); }
+void postfork_large() { large::g_kept_lock.release(); }
+}  // namespace sysref::kmalloc

@@ -26,6 +26,7 @@ bool release(record *r);
 struct counters {
   uint64_t allocs, frees, bytes_mapped, bytes_unmapped;  // blocks handed out / given back
   uint64_t reused;  // allocations served by a kept mapping instead of a new one
+  uint64_t peak_live_bytes;  // most bytes in blocks handed out at once
 };
 // Unmaps every kept mapping now (low memory, tests); bytes unmapped.
 size_t flush_kept();

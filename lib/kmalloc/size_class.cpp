@@ -49,6 +49,9 @@ void format_name(char *out, size_t cap, size_t size) {
 
 }  // namespace
 
+void prefork_classes() { g_create.acquire(); }
+void postfork_classes() { g_create.release(); }
+
 objcache::cache *create_class(unsigned index, int flags) {
   size_class &c = g_classes[index];
   // Making a class takes the registry and zone locks, waiting for them: not

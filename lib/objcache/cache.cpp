@@ -90,7 +90,11 @@ void *construct(cache *c, int flags) {
     unadmit(c);
     return nullptr;
   }
-  c->slab_allocs.fetch_add(1, std::memory_order_relaxed);
+  uint64_t made = c->slab_allocs.fetch_add(1, std::memory_order_relaxed) + 1;
+  uint64_t exist = made - c->slab_frees.load(std::memory_order_relaxed);
+  uint64_t peak = c->peak_existing.load(std::memory_order_relaxed);
+  while (exist > peak && !c->peak_existing.compare_exchange_weak(peak, exist, std::memory_order_relaxed)) {
+  }
   if (c->ctor) {
     int err = c->ctor(obj, c->priv, flags);
     c->ctor_calls.fetch_add(1, std::memory_order_relaxed);
@@ -193,6 +197,7 @@ void *get_slow(cache *c, int flags) {
   // SR_NOWAIT never waits for a lock; a plain get waits as long as it takes.
   const bool nowait = flags & SR_NOWAIT;
   const os::wait w = nowait ? os::wait::no : os::wait::yes;
+  maybe_start_reaper();
   for (int blocked = 0, pulls = 0;;) {
     uintptr_t obj = percpu::stack_pop(c->loaded_off, w);
     if (obj > percpu::stack_fold_due) return reinterpret_cast<void *>(obj);
@@ -343,6 +348,8 @@ void destroy(cache *c) {
 
 slab::zone *zone_of(const cache *c) { return c->zone; }
 size_t object_size(const cache *c) { return c->objsize; }
+const char *name_of(const cache *c) { return c->name; }
+uint64_t peak_objects(const cache *c) { return c->peak_existing.load(std::memory_order_relaxed); }
 void *get(cache *c, int flags) { return get_inline(c, flags); }
 void put(cache *c, void *obj) { put_inline(c, obj); }
 

@@ -44,6 +44,9 @@ struct cache : cache_head {  // the head first: objcache.hpp reads it inline
   // Counts folded out of magazine words, and the slow paths' own events.
   std::atomic<uint64_t> gets, puts, ctor_calls, dtor_calls, slab_allocs, slab_frees, reaped;
   std::atomic<uint64_t> exchanges, contention, resizes, ctor_failures, limit_waits;
+  // Most objects that existed at once (live + cached): raised in construct(),
+  // the only place they grow, so it costs nothing on the magazine paths.
+  std::atomic<uint64_t> peak_existing;
   // Folds of a loaded magazine's counters, begun and done: between the two
   // the counts are in neither the word nor the totals, and stats reads again.
   std::atomic<uint64_t> folds_begun, folds_done;
@@ -80,6 +83,9 @@ void *spill_take(cache *c);
 size_t spill_drain(cache *c);  // destructs them; bytes given back
 
 void registry_add(cache *c);
+// Starts the SYSREF_REAP_THREAD reaper if it is wanted, not yet running,
+// and this thread holds no library lock (registry_add, get_slow).
+void maybe_start_reaper();
 // Out of the registry, once no walker works on it any more.
 void registry_remove(cache *c);
 

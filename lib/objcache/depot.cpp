@@ -223,6 +223,29 @@ bool pull_cached_into_depot(cache *c, os::wait w) {
   return any;
 }
 
+int for_each_public(int (*fn)(cache *c, void *arg), void *arg) {
+  int r = 0;
+  for_each_cache([&](cache *c) {
+    if (!r && !c->internal) r = fn(c, arg);
+  });
+  return r;
+}
+
+void prefork() {
+  g_registry_lock.acquire();
+  for (cache *c = g_registry; c; c = c->next_cache) c->dep.lock.acquire();
+}
+
+void postfork_parent() {
+  for (cache *c = g_registry; c; c = c->next_cache) c->dep.lock.release();
+  g_registry_lock.release();
+}
+
+void postfork_child() {
+  postfork_parent();
+  g_reaper_started.store(false, std::memory_order_relaxed);
+}
+
 size_t reclaim_all() {
   size_t bytes = 0;
   for_each_cache([&](cache *c) { bytes += reclaim(c); });
@@ -236,7 +259,17 @@ void registry_add(cache *c) {
     c->next_cache = g_registry;
     g_registry = c;
   }
-  if (os::opts().reap_thread) start_reaper();
+  maybe_start_reaper();
+}
+
+// pthread_create allocates (the new thread's TLS): never with a library lock
+// held, or under the preload shim that allocation would wait for the lock
+// this thread holds (a cache made for a size class, under kmalloc's
+// creation lock). Caches made under a lock leave it to the next get_slow.
+void maybe_start_reaper() {
+  if (g_reaper_started.load(std::memory_order_relaxed) || !os::opts().reap_thread || os::reentered())
+    return;
+  start_reaper();
 }
 
 void registry_remove(cache *c) {

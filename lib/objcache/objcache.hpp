@@ -42,7 +42,23 @@ size_t reclaim_all();
 int stats(cache *c, struct objcache_stats *out);
 
 slab::zone *zone_of(const cache *c);  // where the cache's objects live
+const char *name_of(const cache *c);
+// Most objects the cache held at once, live and cached together (an upper
+// bound of the live peak; tracked where objects are made, off the fast path).
+uint64_t peak_objects(const cache *c);
+// Calls fn on every cache not marked internal (the program's own, and the
+// SYSREF classes' caches; not the size classes), pinned, with no lock
+// held, newest first; stops when fn returns non-zero, and returns that.
+int for_each_public(int (*fn)(cache *c, void *arg), void *arg);
 size_t object_size(const cache *c);
+
+// fork (the preload shim's atfork handlers): the registry lock, then every
+// registered cache's depot lock (the registry stays held: no cache comes or
+// goes meanwhile). Released in the parent and in the child; the child has
+// no reaper thread (SYSREF_REAP_THREAD): the next cache made starts one.
+void prefork();
+void postfork_parent();
+void postfork_child();
 
 void *get_slow(cache *c, int flags);
 void put_slow(cache *c, void *obj);

@@ -49,6 +49,7 @@ void fail_after(long n) { g.fail_remaining.store(n < 0 ? -1 : n, std::memory_ord
 
 void *map(size_t size, size_t align, use u) {
   const size_t page = page_size();
+  mark_started();
   if (size == 0 || size % page != 0 || align == 0 || (align & (align - 1)) != 0) {
     errno = EINVAL;
     return nullptr;

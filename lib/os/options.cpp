@@ -1,5 +1,6 @@
 // The one table of runtime options. Every SYSREF_* variable is read here,
 // once, and nowhere else; the rest of the library asks opts().
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 
@@ -22,6 +23,26 @@ bool parse_count(const char *s, unsigned *out) {
   if (!parse_long(s, &n) || n < 0 || n > 1024) return false;
   *out = static_cast<unsigned>(n);
   return true;
+}
+
+// A signal by number, or by name with or without "SIG" (USR2, SIGUSR2);
+// 0 or "none": no signal.
+bool parse_signal(const char *s, int *out) {
+  static constexpr struct {
+    const char *name;
+    int number;
+  } names[] = {{"none", 0}, {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"HUP", SIGHUP},
+               {"PROF", SIGPROF}, {"WINCH", SIGWINCH}, {"URG", SIGURG}};
+  long n;
+  if (parse_long(s, &n)) {
+    if (n < 0 || n >= SIGRTMAX) return false;
+    *out = static_cast<int>(n);
+    return true;
+  }
+  if (!std::strncmp(s, "SIG", 3)) s += 3;
+  for (const auto &e : names)
+    if (!std::strcmp(s, e.name)) return *out = e.number, true;
+  return false;
 }
 
 void complain(const char *name, const char *value) {
@@ -75,6 +96,30 @@ constexpr entry table[] = {
        return true;
      }},
     {"SYSREF_MAG_CONTENTION", [](options &o, const char *v) { return parse_count(v, &o.mag_contention); }},
+    {"SYSREF_STATS",
+     [](options &o, const char *v) {
+       using f = options::stats_format;
+       if (!std::strcmp(v, "0") || !std::strcmp(v, "off")) o.stats = f::off;
+       else if (!std::strcmp(v, "1") || !std::strcmp(v, "text")) o.stats = f::text;
+       else if (!std::strcmp(v, "json")) o.stats = f::json;
+       else return false;
+       return true;
+     }},
+    {"SYSREF_STATS_FILE",
+     [](options &o, const char *v) {
+       size_t n = std::strlen(v);
+       if (n >= sizeof o.stats_file) return false;
+       std::memcpy(o.stats_file, v, n + 1);
+       return true;
+     }},
+    {"SYSREF_STATS_SIGNAL", [](options &o, const char *v) { return parse_signal(v, &o.stats_signal); }},
+    {"SYSREF_STATS_INTERVAL_MS",
+     [](options &o, const char *v) {
+       long n;
+       if (!parse_long(v, &n) || n < 0 || n > 3600000) return false;
+       o.stats_interval_ms = static_cast<unsigned>(n);
+       return true;
+     }},
 };
 
 options load() {

@@ -46,6 +46,23 @@ struct topology_info { unsigned packages, cores, pus, numa_nodes; bool from_hwlo
 // path: hwloc allocates, and the preload shim would recurse.
 topology_info topology();
 
+// ---- the process (the report layer) ------------------------------------------
+// Resident set size from /proc/self/statm (open/read, no allocation); 0 if
+// unreadable. Minor page faults so far (getrusage).
+uint64_t resident_bytes();
+uint64_t minor_faults();
+// CLOCK_MONOTONIC now, and when the library first mapped memory (its first
+// use in this process; 0 before that).
+uint64_t now_ns();
+uint64_t started_ns();
+void mark_started();  // called by map(); the first call wins
+int process_id();
+const char *program_name();  // argv[0]'s last component, from the C library
+// Files for reports: a descriptor or -errno (O_WRONLY|O_CREAT|O_APPEND|O_CLOEXEC).
+int open_append(const char *path);
+int write_all(int fd, const void *buf, size_t len);  // 0 or -errno (EINTR retried)
+void close_fd(int fd);
+
 // ---- restartable-sequence fences (membarrier) --------------------------------
 // Registers the process for rseq fences; false if the kernel cannot.
 bool rseq_fence_register();
@@ -145,6 +162,12 @@ struct options {
   unsigned reap_interval_ms = 1000;  // objcache working-set interval
   bool reap_thread = false;          // reap from a background thread too
   unsigned mag_contention = 3;       // depot waits per interval that grow magazines
+  // Statistics (the report layer and the preload shim).
+  enum class stats_format : uint8_t { off, text, json };
+  stats_format stats = stats_format::off;  // SYSREF_STATS: count, and report at exit
+  char stats_file[256] = {};              // SYSREF_STATS_FILE ("%p" = pid); empty: stderr
+  int stats_signal = 12;                  // SYSREF_STATS_SIGNAL (SIGUSR2); 0: none
+  unsigned stats_interval_ms = 0;         // SYSREF_STATS_INTERVAL_MS: samples; 0: none
 };
 // Read once from the environment (first call); later calls see the same.
 const options &opts();

@@ -46,8 +46,16 @@ unsigned read_possible_cpus() {
       n = parse_cpu_list(buf);
     }
   }
-  long conf = ::sysconf(_SC_NPROCESSORS_CONF);
-  if (conf > 0 && static_cast<unsigned long>(conf) > n) n = static_cast<unsigned>(conf);
+  // Without the sysfs file: the highest CPU in the affinity mask, from the
+  // raw system call. Not sysconf(_SC_NPROCESSORS_CONF): its fallbacks open
+  // directories and files with malloc, and this runs inside the first malloc
+  // of a preloaded program.
+  if (!n) {
+    unsigned long mask[1024 / (8 * sizeof(unsigned long))] = {};
+    long r = ::syscall(SYS_sched_getaffinity, 0, sizeof mask, mask);
+    for (long i = 0; i < r / static_cast<long>(sizeof(unsigned long)); ++i)
+      if (mask[i]) n = static_cast<unsigned>(i * 64 + 64 - __builtin_clzl(mask[i]));
+  }
   return n ? n : 1;
 }
 

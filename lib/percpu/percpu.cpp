@@ -153,6 +153,33 @@ void slot_free(size_t offset) {
   g_slot_used[index / 64] &= ~(uint64_t{1} << (index % 64));
 }
 
+namespace {
+template <class F>
+void each_used_slot_lock(F f) {
+  if (g_region.m != mode::lock) return;
+  for (size_t i = 1; i < slots_per_cpu; ++i)
+    if (g_slot_used[i / 64] & (uint64_t{1} << (i % 64)))
+      for (unsigned c = 0; c < g_region.ncpus; ++c) f(slot_lock_of(c, i * slot_bytes));
+}
+}  // namespace
+
+void prefork() {
+  // A set-up under way in another thread (it takes no lock) ends first: the
+  // child would wait for it forever.
+  ensure_init();
+  g_slot_lock.acquire();
+  each_used_slot_lock([](os::lock &l) { l.acquire(); });
+}
+
+void postfork_parent() {
+  each_used_slot_lock([](os::lock &l) { l.release(); });
+  g_slot_lock.release();
+}
+
+// The child's one thread took every lock: releasing them also brings its
+// count of held locks (os::reentered) back to zero.
+void postfork_child() { postfork_parent(); }
+
 #if SYSREF_HAVE_RSEQ
 namespace {
 bool cas16(uintptr_t *p, uintptr_t e0, uintptr_t e1, uintptr_t n0, uintptr_t n1) {

@@ -58,6 +58,13 @@ unsigned current_cpu();  // a hint: the thread may move right after
 long slot_alloc();
 void slot_free(size_t offset);
 
+// fork (the preload shim's atfork handlers; the layer's locks are the
+// innermost): the slot-allocation lock, then in lock mode every allocated
+// slot's lock on every CPU. Released in the parent and in the child.
+void prefork();
+void postfork_parent();
+void postfork_child();
+
 inline uintptr_t address(unsigned cpu, size_t offset) {
   return g_region.base + (uintptr_t{cpu} << cpu_shift) + offset;
 }

@@ -19,7 +19,9 @@ extern "C" {
 
 kmalloc_zone_t *kmalloc_obj_zone_create(const char *name, size_t objsize, size_t align,
                                         unsigned flags) {
-  return reinterpret_cast<kmalloc_zone_t *>(sysref::slab::zone_create(name, objsize, align, flags));
+  zone *z = sysref::slab::zone_create(name, objsize, align, flags);
+  if (z) sysref::slab::publish(z);  // listed in the report
+  return reinterpret_cast<kmalloc_zone_t *>(z);
 }
 
 void *kmalloc_obj(kmalloc_zone_t *z, int flags) {

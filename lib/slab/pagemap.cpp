@@ -54,6 +54,9 @@ int set(uintptr_t start, size_t len, void *owner) {
   return 0;
 }
 
+void prefork() { g_grow.acquire(); }
+void postfork() { g_grow.release(); }
+
 void clear(uintptr_t start, size_t len) {
   size_t first = start >> granule_shift, count = len >> granule_shift;
   for (size_t i = first; i < first + count; ++i) {

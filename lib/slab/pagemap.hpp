@@ -22,6 +22,9 @@ inline constexpr uintptr_t foreign_owner_bit = 1;
 // EINVAL for an address beyond 48 bits.
 int set(uintptr_t start, size_t len, void *owner);
 void clear(uintptr_t start, size_t len);
+// fork: takes and releases the grow lock (slab::prefork calls them).
+void prefork();
+void postfork();
 
 namespace detail {
 inline constexpr int address_bits = 48;

@@ -82,8 +82,24 @@ inline bool is_object_start(const zone *z, const void *p) {
 // Both: p is the start of one of z's objects.
 inline bool holds(const zone *z, const void *p) { return owner_of(p) == z && is_object_start(z, p); }
 
+// Zones the program made through kmalloc_obj_zone_create (the C ABI marks
+// them), for the report: fn(z, arg) under the registry lock, newest first,
+// until it returns non-zero. Lock order: registry, then zone locks.
+void publish(zone *z);
+int for_each_public(int (*fn)(zone *z, void *arg), void *arg);
+const char *name_of(const zone *z);
+
 // A word the layer above may attach to a zone (kmalloc: its size class).
 void set_user(zone *z, void *user);
 void *user(const zone *z);
+
+// fork (the preload shim's atfork handlers): prefork takes every lock of the
+// layer (lazy-zone making, zone-of-zones init, the zone registry, each
+// zone's refill and lock, the page map's grow lock); the other two release
+// them, in the parent and in the child (whose only thread is the one that
+// took them).
+void prefork();
+void postfork_parent();
+void postfork_child();
 
 }  // namespace sysref::slab

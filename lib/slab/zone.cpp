@@ -20,6 +20,25 @@ constinit std::atomic<bool> g_zones_ready{false};
 // Three slabs' span holds two whole aligned slabs: a CPU each on small
 // machines before any page is mapped for zone structures.
 constinit char g_zones_reserve[3 * min_slab] = {};
+// Every zone, for fork: a zone is listed once made, unlisted before destroyed.
+constinit os::lock g_registry;
+constinit zone *g_registry_head = nullptr;
+constinit os::lock g_making;  // lazy_zone::make
+
+void registry_add(zone *z) {
+  os::guard g(g_registry);
+  z->reg_next = g_registry_head;
+  g_registry_head = z;
+}
+
+void registry_remove(zone *z) {
+  os::guard g(g_registry);
+  for (zone **p = &g_registry_head; *p; p = &(*p)->reg_next)
+    if (*p == z) {
+      *p = z->reg_next;
+      break;
+    }
+}
 
 size_t round_up(size_t n, size_t to) { return (n + to - 1) & ~(to - 1); }
 
@@ -74,6 +93,7 @@ zone *zone_of_zones() {
     g_zones.mapped_as = os::use::metadata;
     g_zones.spare_low = g_zones.spare_high = 0;  // metadata grows on demand only
     if (reserve(&g_zones, g_zones_reserve, sizeof g_zones_reserve) < 1) return nullptr;
+    registry_add(&g_zones);
     g_zones_ready.store(true, std::memory_order_release);
   }
   return &g_zones;
@@ -153,14 +173,45 @@ zone *zone_create(const char *name, size_t objsize, size_t align, unsigned flags
     errno = ENOMEM;
     return nullptr;
   }
+  registry_add(z);
   return z;
 }
+
+namespace {
+constinit os::lock g_public_lock;
+constinit zone *g_public = nullptr;
+}  // namespace
+
+void publish(zone *z) {
+  os::guard g(g_public_lock);
+  z->is_public = true;
+  z->next_public = g_public;
+  g_public = z;
+}
+
+int for_each_public(int (*fn)(zone *z, void *arg), void *arg) {
+  os::guard g(g_public_lock);
+  for (zone *z = g_public; z; z = z->next_public)
+    if (int r = fn(z, arg)) return r;
+  return 0;
+}
+
+const char *name_of(const zone *z) { return z->name; }
 
 void zone_destroy(zone *z) {
   if (!valid(z) || z == &g_zones) {
     os::report_error("kmalloc_obj_zone_destroy: not a zone", nullptr, z);
     return;
   }
+  if (z->is_public) {
+    os::guard g(g_public_lock);
+    for (zone **p = &g_public; *p; p = &(*p)->next_public)
+      if (*p == z) {
+        *p = z->next_public;
+        break;
+      }
+  }
+  registry_remove(z);
   z->lock.acquire();
   for (auto &l : z->lists) {
     while (slab *s = l.head) {
@@ -228,8 +279,7 @@ void mark_internal(zone *z) {
 }
 
 zone *lazy_zone::make() {
-  static constinit os::lock making;
-  os::guard g(making);
+  os::guard g(g_making);
   zone *z = made.load(std::memory_order_relaxed);
   if (!z && (z = zone_create(name, objsize, align, 0)) != nullptr) {
     mark_internal(z);
@@ -309,6 +359,36 @@ int stats(zone *z, kmalloc_zone_stats *out) {
 
 void set_user(zone *z, void *u) { z->user = u; }
 void *user(const zone *z) { return z->user; }
+
+// fork: the order of zone.hpp. The registry stays held, so no zone comes or
+// goes between prefork and the release.
+void prefork() {
+  g_making.acquire();
+  g_zones_init.acquire();
+  g_public_lock.acquire();  // the report holds it while it takes zone locks
+  g_registry.acquire();
+  for (zone *z = g_registry_head; z; z = z->reg_next) {
+    z->refill.acquire();
+    z->lock.acquire();
+  }
+  pagemap::prefork();
+}
+
+void postfork_parent() {
+  pagemap::postfork();
+  for (zone *z = g_registry_head; z; z = z->reg_next) {
+    z->lock.release();
+    z->refill.release();
+  }
+  g_registry.release();
+  g_public_lock.release();
+  g_zones_init.release();
+  g_making.release();
+}
+
+// The child's only thread is the one that took every lock: releasing them
+// also brings its count of held locks (os::reentered) back to zero.
+void postfork_child() { postfork_parent(); }
 
 
 }  // namespace sysref::slab

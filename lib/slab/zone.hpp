@@ -26,6 +26,8 @@
 // on a stack that a failed bind would have to undo.
 //
 // Lock order: zone->refill before zone->lock; pagemap's grow lock innermost.
+// For fork (prefork, zone.cpp): lazy-zone making, zone-of-zones init, the
+// registry, every zone's refill then lock, the page map's grow lock.
 #pragma once
 #include <atomic>
 
@@ -89,6 +91,9 @@ struct zone : geometry {  // the geometry first: slab.hpp reads it inline
   std::atomic<uintptr_t> deferred;  // frees waiting for the lock: linked by word 0, 0-terminated
   bool type_stable;       // never unmaps a slab: late readers of a freed object stay safe
   void *user;             // the layer above's tag (set_user)
+  zone *reg_next;         // the zone registry (fork: every zone's locks), g_registry lock
+  zone *next_public;      // the registry of program-made zones (publish)
+  bool is_public;
 
   size_t allocs_off() const { return slot + 8; }
   size_t w_off() const { return slot + 16; }

@@ -162,6 +162,18 @@ int for_each_class(int (*fn)(sysref_class *cls, void *arg), void *arg) {
   return 0;
 }
 
+void prefork() {
+  g_classes_lock.acquire();
+  index_prefork();
+}
+
+void postfork_parent() {
+  index_postfork();
+  g_classes_lock.release();
+}
+
+void postfork_child() { postfork_parent(); }
+
 int stats(sysref_class *cls, struct sysref_stats *out) {
   if (!out) return -EINVAL;
   *out = {};

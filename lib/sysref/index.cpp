@@ -136,6 +136,14 @@ struct sysref *index_lookup(sysid_t id, const sysref_class *only) {
   return taken ? sr : nullptr;
 }
 
+void index_prefork() {
+  for (shard &sh : g_shards) sh.lock.acquire();
+}
+
+void index_postfork() {
+  for (shard &sh : g_shards) sh.lock.release();
+}
+
 // A k-way merge of the shards in sysid order. The heap holds, per shard, a
 // lower bound of its next sysid to visit; no node pointer is kept while no
 // lock is held, so objects may come and go between steps. The smallest

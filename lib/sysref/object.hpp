@@ -78,5 +78,7 @@ void index_remove(struct sysref *sr);
 // With only set, an object of another class is treated as unknown.
 struct sysref *index_lookup(sysid_t id, const sysref_class *only);
 int index_foreach(class_state *st, int (*fn)(void *obj, void *arg), void *arg);
+void index_prefork();   // every shard lock, in shard order
+void index_postfork();  // and back
 
 }  // namespace sysref::objects

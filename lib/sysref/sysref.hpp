@@ -34,4 +34,11 @@ int stats(sysref_class *cls, struct sysref_stats *out);  // 0, or -errno
 // report): fn(cls, arg) until it returns non-zero.
 int for_each_class(int (*fn)(sysref_class *cls, void *arg), void *arg);
 
+// fork (the preload shim's atfork handlers): the class lock (held while a
+// class makes its cache, so before every lower layer's locks), then every
+// index shard's lock (leaves). Released in the parent and in the child.
+void prefork();
+void postfork_parent();
+void postfork_child();
+
 }  // namespace sysref::objects

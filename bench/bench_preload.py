@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Whole-program costs of preloading an allocator, side by side in one run.
+
+  bench_preload.py SHIM [--reps N] [--loop PRELOAD_LOOP]
+
+Start-up: `true` and `ls /usr/bin`, bare and under LD_PRELOAD of the shim and
+of each peer (jemalloc, mimalloc, tcmalloc), interleaved (one run of each
+variant per round, so drift hits them all alike); the median wall time and
+what each adds to the bare run. Targets (issue 8): the shim adds under
+0.2 ms to `true`, or no more than mimalloc in the same run.
+
+Statistics: the ns per malloc/free pair of preload_loop (built next to this
+script in the build tree) bare, under the shim with SYSREF_STATS off and on,
+and under each peer.
+
+Also checks that hwloc is not mapped into a program at start-up under the
+shim (it is loaded only when a report asks for the topology).
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+PEERS = [("jemalloc", "libjemalloc.so.2"), ("mimalloc", "libmimalloc.so.2"),
+         ("tcmalloc", "libtcmalloc_minimal.so.4")]
+
+
+def find_lib(name):
+    for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib", "/lib/x86_64-linux-gnu"):
+        p = os.path.join(d, name)
+        if os.path.exists(p):
+            return p
+    return None
+
+
+def run_once(cmd, preload, extra_env=None):
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    if preload:
+        env["LD_PRELOAD"] = preload
+    if extra_env:
+        env.update(extra_env)
+    t0 = time.perf_counter_ns()
+    subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return (time.perf_counter_ns() - t0) / 1e6
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("shim")
+    ap.add_argument("--reps", type=int, default=101)
+    ap.add_argument("--loop", default=os.path.join(os.path.dirname(os.path.abspath(sys.argv[0])), "preload_loop"))
+    a = ap.parse_args()
+    shim = os.path.abspath(a.shim)
+    variants = [("bare", None), ("libsysref", shim)]
+    for name, lib in PEERS:
+        p = find_lib(lib)
+        if p:
+            variants.append((name, p))
+        else:
+            print(f"# {name}: {lib} not installed, skipped")
+
+    # hwloc must not be loaded at start-up.
+    env = dict(os.environ, LD_PRELOAD=shim)
+    maps = subprocess.run(["cat", "/proc/self/maps"], env=env, capture_output=True, text=True).stdout
+    print("# hwloc mapped at start-up under the shim:", "YES (bad)" if "hwloc" in maps else "no")
+
+    print(f"# start-up: median wall ms of {a.reps} interleaved runs; +ms = over bare")
+    print(f"{'program':<14}" + "".join(f"{v[0]:>12}{'+ms':>8}" for v in variants))
+    results = {}
+    for cmd in (["true"], ["ls", "/usr/bin"]):
+        times = {v[0]: [] for v in variants}
+        for _ in range(a.reps):
+            for name, lib in variants:
+                times[name].append(run_once(cmd, lib))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        results[cmd[0]] = med
+        row = f"{' '.join(cmd):<14}"
+        for name, _ in variants:
+            row += f"{med[name]:>12.3f}{med[name] - med['bare']:>+8.3f}"
+        print(row)
+    added = results["true"]["libsysref"] - results["true"]["bare"]
+    mi = results["true"].get("mimalloc")
+    ok = added < 0.2 or (mi is not None and added <= mi - results["true"]["bare"])
+    print(f"# target (true: shim adds < 0.2 ms or <= mimalloc): {'PASS' if ok else 'MISS'} (+{added:.3f} ms)")
+
+    if os.path.exists(a.loop):
+        print("# malloc/free pair through the PLT, ns (median of 7 runs of 2e6 pairs; 3 rounds, median)")
+        loop_variants = [("bare", None, None), ("libsysref stats off", shim, {"SYSREF_STATS": "0"}),
+                         ("libsysref stats on", shim, {"SYSREF_STATS": "json", "SYSREF_STATS_FILE": "/dev/null"})]
+        loop_variants += [(n, l, None) for n, l in variants[2:]]
+        vals = {n: [] for n, _, _ in loop_variants}
+        for _ in range(3):
+            for name, lib, extra in loop_variants:
+                env = dict(os.environ)
+                env.pop("LD_PRELOAD", None)
+                if lib:
+                    env["LD_PRELOAD"] = lib
+                if extra:
+                    env.update(extra)
+                out = subprocess.run([a.loop], env=env, capture_output=True, text=True, check=True).stdout
+                vals[name].append(float(out.split()[0]))
+        for name, _, _ in loop_variants:
+            print(f"{name:<22}{statistics.median(vals[name]):>8.2f}")
+        on, off = statistics.median(vals["libsysref stats on"]), statistics.median(vals["libsysref stats off"])
+        print(f"# statistics cost: {on - off:+.2f} ns per malloc/free pair")
+    else:
+        print(f"# {a.loop} not built: no malloc/free table")
+
+
+if __name__ == "__main__":
+    main()
