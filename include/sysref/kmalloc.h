@@ -14,6 +14,11 @@ SYSREF_API void kfree(void *p);
 SYSREF_API void *krealloc(void *p, size_t size, int flags);
 SYSREF_API void *kmalloc_aligned(size_t size, size_t align, int flags);
 SYSREF_API size_t kmalloc_usable_size(const void *p);
+/* Gives every size class's cached objects back to its slabs (empty slabs
+ * beyond each zone's spare target go back to the OS) and unmaps the large
+ * mappings kept for reuse: bytes given back. For low memory; malloc_trim
+ * under the preload shim calls it. */
+SYSREF_API size_t kmalloc_reclaim(void);
 
 /* Exact C/POSIX semantics of the unprefixed functions. */
 SYSREF_API void *sr_malloc(size_t size);

@@ -12,6 +12,7 @@ void kfree(void *p) { km::free(p); }
 void *krealloc(void *p, size_t size, int flags) { return km::realloc(p, size, flags); }
 void *kmalloc_aligned(size_t size, size_t align, int flags) { return km::aligned(size, align, flags); }
 size_t kmalloc_usable_size(const void *p) { return km::usable_size(p); }
+size_t kmalloc_reclaim(void) { return km::reclaim(); }
 
 void *sr_malloc(size_t size) { return km::libc::malloc(size); }
 void sr_free(void *p) { km::libc::free(p); }
