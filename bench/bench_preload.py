@@ -35,13 +35,19 @@ def find_lib(name):
     return None
 
 
-def run_once(cmd, preload, extra_env=None):
+def child_env(preload, extra_env=None):
+    """This process's environment with LD_PRELOAD set (or cleared) for a child."""
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     if preload:
         env["LD_PRELOAD"] = preload
     if extra_env:
         env.update(extra_env)
+    return env
+
+
+def run_once(cmd, preload):
+    env = child_env(preload)
     t0 = time.perf_counter_ns()
     subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
     return (time.perf_counter_ns() - t0) / 1e6
@@ -63,8 +69,7 @@ def main():
             print(f"# {name}: {lib} not installed, skipped")
 
     # hwloc must not be loaded at start-up.
-    env = dict(os.environ, LD_PRELOAD=shim)
-    maps = subprocess.run(["cat", "/proc/self/maps"], env=env, capture_output=True, text=True).stdout
+    maps = subprocess.run(["cat", "/proc/self/maps"], env=child_env(shim), capture_output=True, text=True).stdout
     print("# hwloc mapped at start-up under the shim:", "YES (bad)" if "hwloc" in maps else "no")
 
     print(f"# start-up: median wall ms of {a.reps} interleaved runs; +ms = over bare")
@@ -94,13 +99,8 @@ def main():
         vals = {n: [] for n, _, _ in loop_variants}
         for _ in range(3):
             for name, lib, extra in loop_variants:
-                env = dict(os.environ)
-                env.pop("LD_PRELOAD", None)
-                if lib:
-                    env["LD_PRELOAD"] = lib
-                if extra:
-                    env.update(extra)
-                out = subprocess.run([a.loop], env=env, capture_output=True, text=True, check=True).stdout
+                out = subprocess.run([a.loop], env=child_env(lib, extra), capture_output=True, text=True,
+                                     check=True).stdout
                 vals[name].append(float(out.split()[0]))
         for name, _, _ in loop_variants:
             print(f"{name:<22}{statistics.median(vals[name]):>8.2f}")

@@ -23,12 +23,6 @@ size_t product_or_max(size_t n, size_t size) {
 }
 }  // namespace
 
-// free's dispatch: ours to kmalloc, anything else (but NULL) to the C library.
-static inline void release(void *p) {
-  if (__builtin_expect(mapped_by_us(p), 1)) return km::libc::free(p);
-  if (p) foreign_free(p);
-}
-
 // malloc and free test the statistics flag and jump: with counting off
 // each is one load, one branch and a tail call, no frame of its own.
 namespace {

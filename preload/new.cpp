@@ -82,11 +82,6 @@ inline void *get_aligned_nothrow(call c, size_t size, std::align_val_t al) {
   return counted(c, size, km::alloc(size, static_cast<size_t>(al), 0));
 }
 
-inline void release(void *p) {
-  if (__builtin_expect(mapped_by_us(p), 1)) return km::libc::free(p);
-  if (p) foreign_free(p);
-}
-
 [[gnu::noinline, gnu::cold]] void counted_put(call c, void *p) {
   count(c);
   release(p);

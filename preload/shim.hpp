@@ -50,6 +50,12 @@ void foreign_free(void *p);
 void *foreign_realloc(void *p, size_t size);
 size_t foreign_usable_size(void *p);
 
+// free and delete: the one page-map lookup of kmalloc's free tells ours
+// (freed) from the C library's.
+inline void release(void *p) {
+  if (__builtin_expect(!kmalloc::free_if_mapped(p), 0) && p) foreign_free(p);
+}
+
 // ---- fork (fork.cpp) and the report triggers (reporter.cpp) -------------------
 void install_fork_handlers();
 void start_reporting();       // signal handler and reporter thread, if SYSREF_STATS

@@ -100,16 +100,22 @@ void *alloc(size_t size, size_t align, int flags) {
   return alloc_other(size, align, flags);
 }
 
-void free(void *p) {
-  if (!p) return;
-  slab::zone *z = slab::owner_of(p);
+bool free_if_mapped(void *p) {
+  auto owner = reinterpret_cast<uintptr_t>(slab::pagemap::get(reinterpret_cast<uintptr_t>(p)));
+  if (!owner) return false;
+  auto *z = owner & slab::pagemap::foreign_owner_bit ? nullptr : reinterpret_cast<slab::zone *>(owner);
   size_class *c = z ? class_of_zone(z) : nullptr;
   // The fast path touches no errno; the slow paths (objcache::put_slow,
   // free_other) preserve it themselves, as free must.
   if (__builtin_expect(c && slab::is_object_start(z, p), 1))
     objcache::put_inline(c->cache.load(std::memory_order_relaxed), p);
   else
-    free_other(p);
+    free_other(p);  // a large block, another layer's zone, an interior pointer
+  return true;
+}
+
+void free(void *p) {
+  if (p && !free_if_mapped(p)) free_other(p);  // reported as foreign (or a large block)
 }
 
 void *realloc(void *p, size_t size, int flags) {

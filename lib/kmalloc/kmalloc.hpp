@@ -23,6 +23,10 @@ void *alloc(size_t size, size_t align, int flags);
 // a block) is reported through os::report_error and never touched. Keeps
 // errno.
 void free(void *p);
+// free for the preload shim, which must tell its own pointers from the C
+// library's with the same page-map lookup that free makes: false, and p
+// untouched, when the page map knows nothing of p (NULL included).
+bool free_if_mapped(void *p);
 // NULL p: alloc. size 0: free p, return NULL. In place when size fits the
 // usable size and is at least half of it; else moved. On failure NULL +
 // errno and p untouched. With SR_ZERO, bytes beyond the old usable size
