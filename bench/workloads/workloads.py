@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""Whole-program allocator workloads under five allocators, side by side.
+
+  workloads.py SHIM [--reps N] [--only w1,w2] [--out-md FILE] [--out-svg FILE]
+               [--json FILE] [--scale X] [--smoke] [--bin DIR]
+
+SHIM is libsysref-preload.so (build/preload/libsysref-preload.so). Each
+workload (bench/workloads/*.c, built as wl_NAME in bench/workloads/ next to
+this script in the build tree) runs under glibc (no preload) and under
+LD_PRELOAD of jemalloc, mimalloc, tcmalloc and the shim. Rounds are
+interleaved (every workload under every allocator once per round, in a
+shuffled order, so drift hits them all alike); each cell is the median over
+rounds of wall time, peak RSS (ru_maxrss) and minor faults (ru_minflt),
+from wait4() on the child (in wl_run, a small launcher: wl_run.c says why).
+The programs check their own data and exit non-zero on a mismatch, so a
+broken allocator shows as FAIL.
+
+Tables: one per metric, ratios to glibc with glibc's absolute value, and a
+geomean row. Targets: libsysref geomean time <= 0.9x mimalloc's; geomean
+peak RSS <= 1.0x mimalloc's; no workload where libsysref is slower than
+1.25x the fastest other allocator (glibc included); the large workload no
+slower than glibc.
+
+--smoke: every workload at a tiny scale, glibc and the shim only, one line
+per run; exits 1 if any run fails (meson test workloads-smoke).
+"""
+import argparse
+import json
+import math
+import os
+import random
+import statistics
+import sys
+import subprocess
+import tempfile
+import time
+
+import wl_chart
+
+WORKLOADS = ["larson", "prodcons", "churn", "realloc", "large", "frag", "small", "bigint"]
+PEERS = [("jemalloc", "libjemalloc.so.2"), ("mimalloc", "libmimalloc.so.2"),
+         ("tcmalloc", "libtcmalloc_minimal.so.4")]
+# CPU time (user + sys) is informational: steadier than wall time on a busy machine.
+METRICS = [("time_s", "wall time"), ("maxrss_kib", "peak RSS"), ("minflt", "minor faults"),
+           ("cpu_s", "CPU time (user+sys)")]
+SMOKE_SCALE = 0.01
+
+
+def find_lib(name):
+    for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib", "/lib/x86_64-linux-gnu"):
+        p = os.path.join(d, name)
+        if os.path.exists(p):
+            return p
+    return None
+
+
+def child_env(preload):
+    """This process's environment with LD_PRELOAD set (or cleared) for a child."""
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    if preload:
+        env["LD_PRELOAD"] = preload
+    return env
+
+
+def run_once(launcher, prog, scale, preload, timeout):
+    """One run through wl_run, which reports the child's own rusage (wl_run.c
+    says why not os.wait4 here); LD_PRELOAD is set in that child only."""
+    env = child_env(None)
+    env["WL_PRELOAD"] = preload or ""
+    with tempfile.TemporaryFile() as err:
+        out = subprocess.run([launcher, str(int(timeout)), prog, str(scale)], env=env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=err, check=True).stdout.decode()
+        err.seek(0)
+        msg = err.read().decode(errors="replace").strip()
+    f = dict(kv.split("=") for kv in out.split())
+    code = os.waitstatus_to_exitcode(int(f["status"]))
+    return {"ok": code == 0, "code": code, "time_s": int(f["wall_ns"]) / 1e9, "maxrss_kib": int(f["maxrss_kib"]),
+            "minflt": int(f["minflt"]), "cpu_s": int(f["cpu_ns"]) / 1e9, "stderr": msg[-400:]}
+
+
+def geomean(xs):
+    xs = [x for x in xs if x and x > 0]
+    return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else float("nan")
+
+
+def fmt_abs(metric, v):
+    if metric in ("time_s", "cpu_s"):
+        return f"{v:.3f} s"
+    if metric == "maxrss_kib":
+        return f"{v / 1024:.1f} MiB"
+    return f"{v:,.0f}"
+
+
+def tables(med, fails, works, allocs):
+    """Markdown: per metric, rows workloads, columns allocators, ratio to glibc."""
+    out = []
+    for metric, title in METRICS:
+        out.append(f"### {title} (ratio to glibc; glibc column absolute)\n")
+        out.append("| workload | " + " | ".join(allocs) + " |")
+        out.append("|---|" + "---:|" * len(allocs))
+        ratios = {a: [] for a in allocs}
+        for w in works:
+            base = med.get((w, "glibc"), {}).get(metric)
+            cells = []
+            for a in allocs:
+                v = med.get((w, a), {}).get(metric)
+                if (w, a) in fails or v is None:
+                    cells.append("FAIL")
+                elif a == "glibc":
+                    cells.append(fmt_abs(metric, v))
+                elif base:
+                    ratios[a].append(v / base)
+                    cells.append(f"{v / base:.2f}x")
+                else:
+                    cells.append(fmt_abs(metric, v))
+            out.append(f"| {w} | " + " | ".join(cells) + " |")
+        out.append("| **geomean** | 1.00x | " + " | ".join(f"{geomean(ratios[a]):.2f}x" for a in allocs[1:]) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def targets(med, fails, works, allocs):
+    """PASS/MISS lines for the targets in the docstring."""
+    def gm(a, metric):
+        return geomean([med[(w, a)][metric] / med[(w, "glibc")][metric] for w in works
+                        if (w, a) in med and (w, "glibc") in med and (w, a) not in fails])
+    out = ["### targets\n"]
+    sr = "libsysref"
+    if any(w_a[1] == sr for w_a in fails):
+        out.append(f"- MISS: libsysref failed on {', '.join(sorted(w for w, a in fails if a == sr))}")
+    if "mimalloc" in allocs:
+        for metric, lim, what in (("time_s", 0.9, "geomean time"), ("maxrss_kib", 1.0, "geomean peak RSS")):
+            r = gm(sr, metric) / gm("mimalloc", metric)
+            out.append(f"- {'PASS' if r <= lim else 'MISS'}: libsysref {what} {r:.2f}x mimalloc (target <= {lim}x)")
+    slow = []
+    for w in works:
+        peers = [med[(w, a)]["time_s"] for a in allocs if a != sr and (w, a) in med and (w, a) not in fails]
+        if (w, sr) in med and peers and med[(w, sr)]["time_s"] > 1.25 * min(peers):
+            slow.append(f"{w} {med[(w, sr)]['time_s'] / min(peers):.2f}x")
+    out.append(f"- {'MISS' if slow else 'PASS'}: no workload slower than 1.25x the fastest other allocator"
+               + (f" (offenders: {', '.join(slow)})" if slow else ""))
+    if "large" in works and (("large", sr) in med and ("large", "glibc") in med):
+        r = med[("large", sr)]["time_s"] / med[("large", "glibc")]["time_s"]
+        out.append(f"- {'PASS' if r <= 1.0 else 'MISS'}: large workload time {r:.2f}x glibc (target <= 1.0x)")
+    return "\n".join(out) + "\n"
+
+
+def main():
+    here = os.path.dirname(os.path.abspath(sys.argv[0]))
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("shim")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--only", help="comma-separated workloads")
+    ap.add_argument("--out-md")
+    ap.add_argument("--out-svg")
+    ap.add_argument("--json")
+    ap.add_argument("--scale", type=float, default=1.0, help="work multiplier for every workload")
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--bin", default=os.path.join(here, "workloads"), help="where the wl_* programs are")
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds per run before it is killed")
+    ap.add_argument("--seed", type=int, default=1)
+    a = ap.parse_args()
+    works = a.only.split(",") if a.only else WORKLOADS
+    for w in works:
+        if w not in WORKLOADS:
+            ap.error(f"unknown workload {w} (have {', '.join(WORKLOADS)})")
+    shim = os.path.abspath(a.shim)
+    if not os.path.exists(shim):
+        ap.error(f"{shim}: no such file")
+    allocs = [("glibc", None)]
+    if not a.smoke:
+        for name, lib in PEERS:
+            p = find_lib(lib)
+            if p:
+                allocs.append((name, p))
+            else:
+                print(f"# {name}: {lib} not installed, skipped", file=sys.stderr)
+    allocs.append(("libsysref", shim))
+    scale = SMOKE_SCALE if a.smoke else a.scale
+    names = [n for n, _ in allocs]
+
+    load0 = os.getloadavg()[0]  # wall times mean little on a busy machine: say how busy
+    samples = {}  # (workload, allocator) -> list of run results
+    fails = {}
+    t_start = time.perf_counter()
+    rng = random.Random(a.seed)
+    for rnd in range(a.reps):
+        order = [(w, al) for w in works for al in allocs]
+        rng.shuffle(order)
+        for w, (name, lib) in order:
+            r = run_once(os.path.join(a.bin, "wl_run"), os.path.join(a.bin, "wl_" + w), scale, lib, a.timeout)
+            samples.setdefault((w, name), []).append(r)
+            if not r["ok"]:
+                fails[(w, name)] = r
+                print(f"# FAIL {w} under {name}: exit {r['code']}: {r['stderr']}", file=sys.stderr)
+            if a.smoke:
+                print(f"{w:<9} {name:<10} exit {r['code']:>3} {r['time_s']:7.3f} s {r['maxrss_kib'] / 1024:8.1f} MiB")
+        if not a.smoke:
+            print(f"# round {rnd + 1}/{a.reps} done, {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
+    if a.smoke:
+        sys.exit(1 if fails else 0)
+
+    med = {}
+    for key, runs in samples.items():
+        ok = [r for r in runs if r["ok"]]
+        if ok:
+            med[key] = {m: statistics.median(r[m] for r in ok) for m, _ in METRICS}
+    load = (load0, os.getloadavg()[0])
+    md = (f"## allocator workloads: medians of {a.reps} interleaved rounds, scale {scale}\n\n"
+          f"Load average (1 min) {load[0]:.1f} at the start, {load[1]:.1f} at the end, on {os.cpu_count()} CPUs.\n\n"
+          + tables(med, fails, works, names) + "\n" + targets(med, fails, works, names))
+    frag = [(n, samples[("frag", n)][-1]["stderr"]) for n in names if ("frag", n) in samples]
+    if frag:  # what frag prints: live bytes vs RSS before its final frees
+        md += "\nfrag, last round:\n\n" + "\n".join(f"- {n}: {m}" for n, m in frag) + "\n"
+    md += f"\n(run took {time.perf_counter() - t_start:.0f} s)\n"
+    print(md)
+    if a.out_md:
+        with open(a.out_md, "w") as f:
+            f.write(md)
+    if a.out_svg:
+        with open(a.out_svg, "w") as f:
+            f.write(wl_chart.svg(med, works, names, a.reps))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"reps": a.reps, "scale": scale, "allocators": dict(allocs), "loadavg": load,
+                       "medians": {f"{w}/{n}": v for (w, n), v in med.items()},
+                       "failures": {f"{w}/{n}": {"code": r["code"], "stderr": r["stderr"]} for (w, n), r in fails.items()},
+                       "samples": {f"{w}/{n}": [{k: r[k] for k in ("time_s", "maxrss_kib", "minflt", "cpu_s", "code")}
+                                                for r in runs] for (w, n), runs in samples.items()}}, f, indent=1)
+    sys.exit(1 if fails else 0)
+
+
+if __name__ == "__main__":
+    main()
