@@ -54,6 +54,11 @@ void widget_dtor(void *obj, void *) {
 
 std::atomic<uint64_t> g_serials{0};
 
+int stamp_ctor(void *obj, void *, int) {
+  *static_cast<uint64_t *>(obj) = built;
+  return 0;
+}
+
 objcache_t *widgets(size_t limit = 0) {
   objcache_t *oc = objcache_create("t.widget", sizeof(widget), 0, widget_ctor, widget_dtor,
                                    &g_serials, limit, 0);
@@ -178,7 +183,8 @@ Test(objcache, limit_nowait_and_waitok) {
 
 Test(objcache, reclaim_gives_memory_back) {
   pin(0);
-  objcache_t *oc = objcache_create("t.reclaim", 256, 0, nullptr, nullptr, nullptr, 0, 0);
+  // A ctor: its depot keeps every magazine (a ctor-less one keeps a few).
+  objcache_t *oc = objcache_create("t.reclaim", 256, 0, stamp_ctor, nullptr, nullptr, 0, 0);
   std::vector<void *> v;
   for (int i = 0; i < 20000; ++i) v.push_back(objcache_get(oc, 0));
   for (void *p : v) objcache_put(oc, p);
@@ -300,6 +306,7 @@ Test(objcache, counts_stay_exact_past_the_fold, .timeout = 120) {
 }
 
 Test(objcache, fault_injection_sweep) {
+  sysref::slab::flush_pool();
   uint64_t base = data_mapped();
   for (long n = 0; n <= 200; n += 5) {
     // Big objects: a few dozen per slab, so n page requests run out quickly.
@@ -321,6 +328,7 @@ Test(objcache, fault_injection_sweep) {
     for (void *p : v) cr_assert_not_null(p, "n=%ld", n);
     for (void *p : v) objcache_put(oc, p);
     objcache_destroy(oc);
+    sysref::slab::flush_pool();  // empty slabs wait there for any zone: not a leak
     cr_assert_eq(data_mapped(), base, "n=%ld: leaked", n);
   }
   cr_expect_eq(g_ctors.load(), g_dtors.load(), "every constructed object destructed");
@@ -445,7 +453,9 @@ void busy_dtor(void *, void *) {
 }
 
 objcache_t *busy_cache() {
-  objcache_t *oc = objcache_create("t.busy", 64, 0, nullptr, busy_dtor, nullptr, 0, 0);
+  // A ctor: its depot keeps what it is given (a ctor-less cache's depot
+  // passes the excess to the slab layer, running the dtor in the put).
+  objcache_t *oc = objcache_create("t.busy", 64, 0, stamp_ctor, busy_dtor, nullptr, 0, 0);
   cr_assert_not_null(oc);
   return oc;
 }
@@ -699,5 +709,95 @@ Test(objcache, a_parked_object_is_cached_and_reclaimed, .timeout = 10) {
   s = stats_of(oc);
   cr_expect_eq(s.cached, 0u);
   cr_expect_eq(s.dtor_calls, dtors + 1, "reclaim destructed it");
+  objcache_destroy(oc);
+}
+
+// SR_NOWAIT on a cache nothing was ever taken from: the slab layer maps a
+// slab when no other thread is mapping for the zone, so the get succeeds
+// and the ctor runs, whatever the object size (issue 9: every NOWAIT get of
+// a fresh cache used to fail).
+Test(objcache, nowait_on_a_fresh_cache_of_every_size) {
+  const size_t sizes[] = {16, 64, 512, 1024, 4096, 8192, 16384, 32768, 65536, 131072, 262144};
+  for (size_t size : sizes) {
+    long ctors = g_ctors.load();
+    objcache_t *oc = objcache_create("t.nowait", size, 0, widget_ctor, widget_dtor, &g_serials, 0, 0);
+    cr_assert_not_null(oc);
+    errno = 0;
+    void *p = objcache_get(oc, SR_NOWAIT);
+    cr_assert_not_null(p, "size %zu: errno %d", size, errno);
+    cr_expect_eq(static_cast<widget *>(p)->magic, built, "size %zu: constructed", size);
+    cr_expect_eq(g_ctors.load(), ctors + 1);
+    objcache_put(oc, p);
+    objcache_destroy(oc);
+  }
+  // The case from the issue: 700 NOWAIT gets of a fresh 4 KiB cache.
+  objcache_t *oc = objcache_create("t.nowait.4k", 4096, 0, widget_ctor, widget_dtor, &g_serials, 0, 0);
+  std::vector<void *> v;
+  long ctors = g_ctors.load();
+  for (int i = 0; i < 700; ++i) {
+    void *p = objcache_get(oc, SR_NOWAIT);
+    cr_assert_not_null(p, "get %d", i);
+    v.push_back(p);
+  }
+  cr_expect_eq(g_ctors.load() - ctors, 700);
+  for (void *p : v) objcache_put(oc, p);
+  objcache_destroy(oc);
+}
+
+// A cache that stops being asked for objects gives them back on the decay
+// timer: the scavenge (from other caches' slow paths) empties its depot,
+// the objects go back to their slabs and the slabs through the pool to the
+// OS. A cache that keeps cycling within the delay keeps its depot.
+Test(objcache, an_idle_cache_gives_its_depot_back) {
+  pin(0);
+  // A ctor keeps its depot whole; no dtor lets other caches' slow paths empty it.
+  objcache_t *idle = objcache_create("t.idle", 256, 0, stamp_ctor, nullptr, nullptr, 0, 0);
+  objcache_t *busy = objcache_create("t.busy", 64, 0, nullptr, nullptr, nullptr, 0, 0);
+  std::vector<void *> v;
+  for (int i = 0; i < 20000; ++i) v.push_back(objcache_get(idle, 0));
+  for (void *p : v) objcache_put(idle, p);
+  v.clear();
+  uint64_t held = data_mapped();
+  cr_expect_geq(stats_of(idle).cached, 19000u, "cached in its depot");
+  struct objcache_stats s = stats_of(idle);
+  for (int i = 0; i < 200 && s.cached > 1000; ++i) {
+    usleep(10000);
+    for (int j = 0; j < 5000; ++j) v.push_back(objcache_get(busy, 0));  // slow paths: the scavenge
+    for (void *p : v) objcache_put(busy, p);
+    v.clear();
+    s = stats_of(idle);
+  }
+  cr_expect_eq(s.cached, 0u, "the depot and the CPUs' magazines were emptied");
+  cr_expect_geq(s.reaped, 18000u, "counted as reaped");
+  for (int i = 0; i < 100 && data_mapped() > held - 4000000; ++i) {
+    usleep(20000);
+    for (int j = 0; j < 5000; ++j) v.push_back(objcache_get(busy, 0));
+    for (void *p : v) objcache_put(busy, p);
+    v.clear();
+  }
+  cr_expect_lt(data_mapped(), held - 4000000, "and its slabs went back to the OS");
+  objcache_destroy(busy);
+  objcache_destroy(idle);
+}
+
+// A cache without a ctor keeps only a few full magazines in its depot (two
+// per CPU, plus two): what it is handed beyond that goes straight back to
+// the slab layer, where empty slabs serve every other zone. And a get that
+// finds its depot dry fills a whole magazine from the slab at once.
+Test(objcache, a_ctorless_cache_caps_its_depot_and_fills_by_the_magazine) {
+  pin(0);
+  objcache_t *oc = objcache_create("t.cap", 128, 0, nullptr, nullptr, nullptr, 0, 0);
+  std::vector<void *> v;
+  for (int i = 0; i < 20000; ++i) v.push_back(objcache_get(oc, 0));
+  struct objcache_stats s = stats_of(oc);
+  cr_expect_lt(s.depot_exchanges, 20000u / 16, "a depot trip per magazine, not per object (%lu)",
+               static_cast<unsigned long>(s.depot_exchanges));
+  for (void *p : v) objcache_put(oc, p);
+  s = stats_of(oc);
+  size_t cap = 2 * std::thread::hardware_concurrency() + 2;
+  cr_expect_leq(s.depot_full, cap);
+  cr_expect_leq(s.cached, (cap + 2 * std::thread::hardware_concurrency()) * s.mag_size);
+  cr_expect_geq(s.slab_frees, 20000u - s.cached, "the rest went back to the slabs");
+  cr_expect_eq(s.live, 0u);
   objcache_destroy(oc);
 }

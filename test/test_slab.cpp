@@ -33,6 +33,11 @@ uint64_t os_mapped() {
   sysref_os_stats(&s);
   return s.mapped - s.metadata;
 }
+// os_mapped once the empty-slab pool went back to the OS: what zones hold.
+uint64_t held_by_zones() {
+  sysref::slab::flush_pool();
+  return os_mapped();
+}
 uint64_t os_unmap_calls() {
   struct sysref_os_stats s;
   sysref_os_stats(&s);
@@ -143,14 +148,14 @@ Test(slab, stats_add_up) {
 }
 
 Test(slab, destroy_releases_every_byte) {
-  uint64_t before = os_mapped();
+  uint64_t before = held_by_zones();
   kmalloc_zone_t *z = kmalloc_obj_zone_create("t.destroy", 512, 0, 0);
   std::vector<void *> v = drain(z, 0, 20000);
   free_all(z, v);
   v = drain(z, 0, 5000);  // leave some live: destroy must not care
   cr_expect_gt(os_mapped(), before);
   kmalloc_obj_zone_destroy(z);
-  cr_expect_eq(os_mapped(), before);
+  cr_expect_eq(held_by_zones(), before);
 }
 
 Test(slab, empty_slabs_beyond_the_spare_target_go_back) {
@@ -158,11 +163,14 @@ Test(slab, empty_slabs_beyond_the_spare_target_go_back) {
   cr_assert_eq(kmalloc_obj_set_spare(z, 1, 2), 0);
   std::vector<void *> v = drain(z, 0, 30000);  // ~480 slabs
   uint64_t peak = os_mapped();
+  uint64_t pooled = sysref::slab::pool_snapshot().bytes;
   free_all(z, v);
   kmalloc_zone_stats s = zstats(z);
   cr_expect_leq(s.slabs_spare, 2u);
   cr_expect_gt(s.slabs_released, 400u);
-  cr_expect_lt(os_mapped(), peak - 400 * s.slab_size);
+  cr_expect_geq(sysref::slab::pool_snapshot().bytes - pooled, 400 * s.slab_size,
+                "the zone's empty slabs wait in the pool for any zone");
+  cr_expect_lt(held_by_zones(), peak - 400 * s.slab_size);
   kmalloc_obj_zone_destroy(z);
 }
 
@@ -180,26 +188,100 @@ Test(slab, proactive_refill_keeps_spares_ready) {
   kmalloc_obj_zone_destroy(z);
 }
 
-Test(slab, nowait_never_maps) {
-  kmalloc_zone_t *z = kmalloc_obj_zone_create("t.nowait", 64, 0, 0);
+// SR_NOWAIT means GFP_NOWAIT: never wait for another thread, but take the
+// memory that can be had at once, mapping a slab if nobody else is mapping
+// for the zone. Every slab geometry, from 16 B objects to the largest.
+Test(slab, nowait_maps_a_slab_for_a_fresh_zone_of_every_size) {
+  const size_t sizes[] = {16, 64, 256, 1024, 4096, 8192, 16384, 32768, 65536, 131072, 262144};
+  for (size_t size : sizes) {
+    kmalloc_zone_t *z = kmalloc_obj_zone_create("t.nowait", size, 0, 0);
+    cr_assert_not_null(z);
+    size_t per_slab = zstats(z).objs_per_slab;
+    std::vector<void *> v;
+    errno = 0;
+    for (size_t i = 0; i < 3 * per_slab + 1; ++i) {  // past the first slabs: each one mapped under SR_NOWAIT
+      void *p = kmalloc_obj(z, SR_NOWAIT);
+      cr_assert_not_null(p, "size %zu, object %zu: errno %d", size, i, errno);
+      std::memset(p, 0x5a, size);
+      v.push_back(p);
+    }
+    kmalloc_zone_stats s = zstats(z);
+    cr_expect_geq(s.sync_maps, 4u, "size %zu: NOWAIT mapped its own slabs", size);
+    free_all(z, v);
+    kmalloc_obj_zone_destroy(z);
+  }
+}
+
+// ... but never waits for a thread that is mapping for the zone already
+// (its refill lock held): NULL and ENOMEM at once, no page request.
+Test(slab, nowait_leaves_the_map_to_the_thread_mapping) {
+  kmalloc_zone_t *z = kmalloc_obj_zone_create("t.nowait.busy", 64, 0, 0);
+  auto *zone = reinterpret_cast<sysref::slab::zone *>(z);
+  sysref::slab::flush_pool();  // nothing pooled to take instead
+  std::atomic<bool> held{false}, done{false};
+  std::thread mapper([&] {
+    zone->refill.acquire();
+    held = true;
+    while (!done) std::this_thread::yield();
+    zone->refill.release();
+  });
+  while (!held) std::this_thread::yield();
   uint64_t calls = os_map_calls();
   errno = 0;
-  cr_expect_null(kmalloc_obj(z, SR_NOWAIT), "a new zone has nothing ready");
+  cr_expect_null(kmalloc_obj(z, SR_NOWAIT), "a new zone has nothing ready and another thread maps");
   cr_expect_eq(errno, ENOMEM);
   cr_expect_eq(os_map_calls(), calls);
-  void *p = kmalloc_obj(z, SR_WAITOK);
-  cr_expect_not_null(p);
+  done = true;
+  mapper.join();
   void *q = kmalloc_obj(z, SR_NOWAIT);
-  cr_expect_not_null(q, "now the active slab has objects");
-  kfree_obj(p, z);
+  cr_expect_not_null(q, "the refill lock is free again: NOWAIT maps");
   kfree_obj(q, z);
+  kmalloc_obj_zone_destroy(z);
+}
+
+// Empty slabs go back to the OS on the decay timer (SYSREF_DECAY_MS, here
+// a second, so that a round on a loaded machine stays well within it): a
+// loop that frees and allocates again within it maps nothing after its
+// first round; once the program goes idle, the memory goes back (the tick
+// runs from any zone's slow path).
+void decay_after_a_second() { setenv("SYSREF_DECAY_MS", "1000", 1); }
+
+Test(slab, decay_keeps_a_busy_loop_and_gives_back_when_idle, .init = decay_after_a_second) {
+  pin_to(0);  // one CPU: every round needs the same slabs (a move could strand some on another CPU)
+  kmalloc_zone_t *z = kmalloc_obj_zone_create("t.decay", 1024, 0, 0);
+  cr_assert_eq(kmalloc_obj_set_spare(z, 0, 1), 0);
+  uint64_t before = held_by_zones();
+  for (int round = 0; round < 8; ++round) {
+    uint64_t calls = os_map_calls();
+    std::vector<void *> v = drain(z, 0, 20000);  // ~320 slabs
+    cr_assert_eq(v.size(), 20000u);
+    free_all(z, v);
+    if (round > 0) cr_expect_eq(os_map_calls(), calls, "round %d mapped %lu times", round,
+                                (unsigned long)(os_map_calls() - calls));
+  }
+  cr_expect_geq(sysref::slab::pool_snapshot().bytes, 300 * zstats(z).slab_size);
+  uint64_t decayed = sysref::slab::pool_snapshot().bytes_decayed;
+  // Idle: other zones' slow paths run the tick.
+  kmalloc_zone_t *other = kmalloc_obj_zone_create("t.decay.other", 64, 0, 0);
+  struct sysref_os_stats os;
+  for (int i = 0; i < 400; ++i) {
+    usleep(20000);
+    std::vector<void *> v = drain(other, 0, 2000);
+    free_all(other, v);
+    sysref_os_stats(&os);
+    if (os.mapped - os.metadata < before + 64 * 1024 * 8) break;
+  }
+  sysref_os_stats(&os);
+  cr_expect_lt(os.mapped - os.metadata, before + 64 * 1024 * 8, "the idle zone's slabs went back");
+  cr_expect_gt(sysref::slab::pool_snapshot().bytes_decayed, decayed, "counted as decayed");
+  kmalloc_obj_zone_destroy(other);
   kmalloc_obj_zone_destroy(z);
 }
 
 // For n = 0..200: allocate until refused, check ENOMEM, free, allow, reuse;
 // the os counters show nothing leaked.
 Test(slab, fault_injection_sweep) {
-  uint64_t base = os_mapped();
+  uint64_t base = held_by_zones();
   for (long n = 0; n <= 200; ++n) {
     kmalloc_zone_t *z = kmalloc_obj_zone_create("t.sweep", 4096, 0, 0);
     cr_assert_not_null(z);
@@ -215,7 +297,8 @@ Test(slab, fault_injection_sweep) {
     for (void *p : v) cr_assert_not_null(p, "n=%ld: allocation after the OS recovered", n);
     free_all(z, v);
     kmalloc_obj_zone_destroy(z);
-    cr_assert_eq(os_mapped(), base, "n=%ld: bytes leaked: %lu", n, (unsigned long)(os_mapped() - base));
+    uint64_t held = held_by_zones();
+    cr_assert_eq(held, base, "n=%ld: bytes leaked: %lu", n, (unsigned long)(held - base));
   }
 }
 

@@ -19,13 +19,46 @@ constinit std::atomic<uint64_t> g_errors{0};
 
 constexpr int get_flags = SR_NOWAIT | SR_USE_RESERVE;  // what objcache::get takes
 
+// ---- double frees of small blocks ----------------------------------------------
+// A small block's word 1 is its free mark while it is free: key ^ address
+// once kmalloc freed it (it sits in a magazine unchanged), the zone's
+// free_secret ^ address once it went down to the slab layer. Every hand-out
+// clears it (slab::hand_out too), so a live block's word 1 is the program's,
+// and a free that finds either mark there is a second free (a live block
+// matches by chance with probability 2^-64 per free).
+inline uintptr_t &mark_word(void *p) { return static_cast<uintptr_t *>(p)[1]; }
+inline bool marked_free(const size_class &c, void *p) {
+  uintptr_t x = mark_word(p) ^ reinterpret_cast<uintptr_t>(p);
+  return x == c.key || x == c.slab_key;
+}
+// The block leaves for the program: no mark.
+inline void *handed_out(void *p) {
+  if (__builtin_expect(p != nullptr, 1)) mark_word(p) = 0;
+  return p;
+}
+
+// Reported, counted, and the block left where it is (free keeps errno).
+[[gnu::noinline, gnu::cold]] void double_free(void *p) {
+  int saved = errno;
+  g_errors.fetch_add(1, std::memory_order_relaxed);  // counted first: abort mode does not return
+  os::report_error("sr_free: double free", nullptr, p);
+  errno = saved;
+}
+
+// The free of a small block of class c: marked, then cached (never twice).
+inline void free_small(size_class &c, objcache::cache *oc, void *p) {
+  if (__builtin_expect(marked_free(c, p), 0)) return double_free(p);
+  mark_word(p) = c.key ^ reinterpret_cast<uintptr_t>(p);
+  objcache::put_inline(oc, p);
+}
+
 void *from_class(unsigned index, int flags) {
   objcache::cache *c = cache_for(index, flags);
   if (!c) return nullptr;
   void *p = objcache::get(c, flags & get_flags);
   // Zeroed here, not below: a cached object holds whatever it last held.
   if (p && (flags & SR_ZERO)) std::memset(p, 0, g_classes[index].size);
-  return p;
+  return handed_out(p);
 }
 
 // What a pointer is, from the page map and the layer's own records alone.
@@ -83,7 +116,7 @@ bool usable(const block &b) { return b.kind == block::small || b.kind == block::
     ~restore() { errno = v; }
   } keep{saved};
   block b = locate(p);
-  if (b.kind == block::small) objcache::put(b.cls->cache.load(std::memory_order_relaxed), p);
+  if (b.kind == block::small) free_small(*b.cls, b.cls->cache.load(std::memory_order_relaxed), p);
   else if (b.kind == block::big) {
     if (!large::release(b.rec)) bad_pointer(b, p, "sr_free: double free of a large block", nullptr);
   } else
@@ -95,22 +128,42 @@ bool usable(const block &b) { return b.kind == block::small || b.kind == block::
 void *alloc(size_t size, size_t align, int flags) {
   if (__builtin_expect(size <= max_small && align <= 16 && !(flags & SR_ZERO), 1)) {
     objcache::cache *c = g_classes[class_index(size)].cache.load(std::memory_order_acquire);
-    if (__builtin_expect(c != nullptr, 1)) return objcache::get_inline(c, flags & get_flags);
+    if (__builtin_expect(c != nullptr, 1)) return handed_out(objcache::get_inline(c, flags & get_flags));
   }
   return alloc_other(size, align, flags);
 }
 
+void *alloc_plain(size_t size) {
+  if (__builtin_expect(size <= max_small, 1)) {
+    objcache::cache *c = g_classes[class_index(size)].cache.load(std::memory_order_acquire);
+    if (__builtin_expect(c != nullptr, 1)) return handed_out(objcache::get_inline(c, 0));
+  }
+  return alloc_other(size, 0, 0);
+}
+
+// The page map, then one zone line (the geometry: layout, tag and the
+// class's objcache), then the cache: three dependent loads before the push.
+// The class line (zone, keys) and the block's word 1 are read beside them,
+// off that chain: they only decide predicted branches.
 bool free_if_mapped(void *p) {
-  auto owner = reinterpret_cast<uintptr_t>(slab::pagemap::get(reinterpret_cast<uintptr_t>(p)));
+  auto a = reinterpret_cast<uintptr_t>(p);
+  auto owner = reinterpret_cast<uintptr_t>(slab::pagemap::get(a));
   if (!owner) return false;
-  auto *z = owner & slab::pagemap::foreign_owner_bit ? nullptr : reinterpret_cast<slab::zone *>(owner);
-  size_class *c = z ? class_of_zone(z) : nullptr;
   // The fast path touches no errno; the slow paths (objcache::put_slow,
   // free_other) preserve it themselves, as free must.
-  if (__builtin_expect(c && slab::is_object_start(z, p), 1))
-    objcache::put_inline(c->cache.load(std::memory_order_relaxed), p);
-  else
-    free_other(p);  // a large block, another layer's zone, an interior pointer
+  if (__builtin_expect(!(owner & slab::pagemap::foreign_owner_bit), 1)) {
+    auto *z = reinterpret_cast<const slab::zone *>(owner);
+    const slab::geometry &g = slab::geometry_of(z);
+    unsigned i = g.tag - 1u;  // 0: another layer's zone
+    if (__builtin_expect(i < num_classes && slab::object_index(g, a) != ~uintptr_t{0}, 1)) {
+      size_class &c = g_classes[i];
+      if (__builtin_expect(c.zone == z, 1)) {  // the class names the zone back
+        free_small(c, static_cast<objcache::cache *>(g.upper), p);
+        return true;
+      }
+    }
+  }
+  free_other(p);  // a large block, another layer's zone, an interior pointer
   return true;
 }
 

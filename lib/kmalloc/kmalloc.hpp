@@ -16,9 +16,12 @@ namespace sysref::kmalloc {
 // align: 0 or a power of two (callers check); flags: SR_NOWAIT, SR_ZERO,
 // SR_USE_RESERVE. size 0 gives a unique, freeable block. A class's objcache
 // is made on its first request, even under SR_NOWAIT (one-time bookkeeping
-// from the library's own zones); a large block is a synchronous map, so
-// SR_NOWAIT fails it with ENOMEM.
+// from the library's own zones, unless another thread is making a class);
+// under SR_NOWAIT a large block is a kept mapping or a map, never a wait.
 void *alloc(size_t size, size_t align, int flags);
+// alloc(size, 0, 0), with the checks of align and flags left out of the
+// fast path (malloc, operator new).
+void *alloc_plain(size_t size);
 // NULL: nothing. A pointer this layer did not hand out (or not the start of
 // a block) is reported through os::report_error and never touched. Keeps
 // errno.
@@ -43,7 +46,7 @@ bool owns(const void *p);
 // ---- the C and glibc functions, with their exact semantics -------------------
 // (sr_* in the C ABI; the preload shim will export them unprefixed)
 namespace libc {
-inline void *malloc(size_t size) { return kmalloc::alloc(size, 0, 0); }
+inline void *malloc(size_t size) { return kmalloc::alloc_plain(size); }
 inline void free(void *p) { kmalloc::free(p); }
 void *calloc(size_t n, size_t size);
 void *realloc(void *p, size_t size);

@@ -47,6 +47,17 @@ void format_name(char *out, size_t cap, size_t size) {
   out[n] = '\0';
 }
 
+// The double-free key, one per process, made with the first class (before
+// any block exists) and never changed. Even: the slab layer's free markers
+// are odd (its secrets come from os::random_seed, which sets bit 0, and
+// objects are 16-byte aligned), so the two marks never meet. Bit 63 set: key
+// ^ address is never 0 (a fresh block's word 1) nor a user-space address.
+uint64_t free_key() {
+  static constinit uint64_t key = 0;  // under g_create
+  if (!key) key = (os::random_seed() & ~uint64_t{15}) | (uint64_t{1} << 63);
+  return key;
+}
+
 }  // namespace
 
 void prefork_classes() { g_create.acquire(); }
@@ -60,7 +71,14 @@ objcache::cache *create_class(unsigned index, int flags) {
     errno = ENOMEM;
     return nullptr;
   }
-  os::guard g(g_create);
+  // SR_NOWAIT never waits for another thread making a class: it fails.
+  if (!g_create.acquire(flags & SR_NOWAIT ? os::wait::no : os::wait::yes)) {
+    errno = ENOMEM;
+    return nullptr;
+  }
+  struct unlock {
+    ~unlock() { g_create.release(); }
+  } release_at_return;
   if (objcache::cache *existing = c.cache.load(std::memory_order_relaxed)) return existing;
   const size_t size = class_size_of(index), page = os::page_size();
   // Power-of-two classes are naturally aligned (up to a page): aligned
@@ -77,8 +95,10 @@ objcache::cache *create_class(unsigned index, int flags) {
   c.size = static_cast<uint32_t>(size);
   c.align = static_cast<uint32_t>(align);
   c.zone = objcache::zone_of(oc);
+  c.key = free_key();
+  c.slab_key = slab::free_secret(c.zone);  // odd (os::random_seed): never the even key
   // free() finds the class from any of its pointers: page map -> zone -> tag.
-  slab::set_user(c.zone, &c);
+  slab::set_tag(c.zone, index + 1, oc);
   c.cache.store(oc, std::memory_order_release);
   return oc;
 }

@@ -53,15 +53,24 @@ inline unsigned class_index(size_t size) {
 // objects are aligned to min(size, page size).
 inline unsigned pow2_class_index(size_t n) { return class_index(std::bit_ceil(n < 16 ? 16 : n)); }
 
-struct size_class {
+// One cache line per class: a free reads cache, zone and both keys at once.
+struct alignas(64) size_class {
   std::atomic<objcache::cache *> cache;  // null until the first allocation
   slab::zone *zone;                       // set before cache is published
+  // Double-free keys (alloc.cpp): a freed block's word 1 is key ^ address;
+  // one whose word 1 ^ address is key or slab_key was freed already (into a
+  // magazine, or down to the slab layer, whose free marker is slab_key ^
+  // address). key is even, slab_key odd (or key when the zone gives none).
+  uint64_t key;
+  uint64_t slab_key;
   uint32_t size;
   uint32_t align;
   char name[16];                          // objcache keeps the pointer
 };
+static_assert(sizeof(size_class) == 64);
 
-extern size_class g_classes[num_classes];
+// Hidden: the fast paths address it directly, not through the GOT.
+[[gnu::visibility("hidden")]] extern size_class g_classes[num_classes];
 
 objcache::cache *create_class(unsigned index, int flags);  // slow path: NULL + errno
 
@@ -70,14 +79,14 @@ inline objcache::cache *cache_for(unsigned index, int flags) {
   return c ? c : create_class(index, flags);
 }
 
-// The class whose zone is z, or nullptr: z is another layer's zone.
+// The class whose zone is z, or nullptr: z is another layer's zone. The
+// zone's tag (class index + 1, in the geometry's cache line) names the
+// class; the class's own record must name the zone back.
 inline size_class *class_of_zone(const slab::zone *z) {
-  // Compared as integers: the tag may point anywhere (another layer's).
-  auto u = reinterpret_cast<uintptr_t>(slab::user(z));
-  auto first = reinterpret_cast<uintptr_t>(&g_classes[0]);
-  if (u < first || u - first >= sizeof g_classes || (u - first) % sizeof(size_class)) return nullptr;
-  auto *c = reinterpret_cast<size_class *>(u);
-  return c->zone == z ? c : nullptr;
+  unsigned i = slab::tag_of(z) - 1u;  // tag 0 (not ours) wraps past the end
+  if (__builtin_expect(i >= num_classes, 0)) return nullptr;
+  size_class *c = &g_classes[i];
+  return __builtin_expect(c->zone == z, 1) ? c : nullptr;
 }
 
 }  // namespace sysref::kmalloc

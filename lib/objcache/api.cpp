@@ -12,9 +12,46 @@ cache *C(objcache_t *oc) { return reinterpret_cast<cache *>(oc); }
 bool ok(objcache_t *oc) { return oc && C(oc)->magic == sysref::objcache::cache_magic; }
 
 // A put must hand back an object of this cache: anything else would be
-// handed out again later. The page map answers without touching obj.
-bool belongs(objcache_t *oc, void *obj) { return sysref::slab::holds(C(oc)->zone, obj); }
+// handed out again later. The page map answers without touching obj: this
+// is slab::holds, with owner_of's test of the foreign-owner bit left out,
+// because a zone's address never has that bit: an entry that equals the
+// zone is a slab of the zone, and a foreign entry never equals it. NULL
+// needs no test of its own: slabs are aligned to their size (64 KiB at
+// least), so one holding address 0 would start there, and nothing is ever
+// mapped at 0: the page map has no owner for it.
+bool belongs(objcache_t *oc, void *obj) {
+  const sysref::slab::zone *z = C(oc)->zone;
+  static_assert(sysref::slab::pagemap::foreign_owner_bit == 1, "zones are at least 2-aligned");
+  return sysref::slab::pagemap::get(reinterpret_cast<uintptr_t>(obj)) == z &&
+         sysref::slab::is_object_start(z, obj);
+}
+
+// The refusals, out of the way of the fast paths.
+[[gnu::cold, gnu::noinline]] void *bad_get(void) { return errno = EINVAL, nullptr; }
+[[gnu::cold, gnu::noinline]] void refuse(const char *what, objcache_t *oc, void *obj) {
+  sysref::os::report_error(what, ok(oc) ? C(oc)->name : nullptr, obj);
+}
 }  // namespace
+
+namespace sysref::objcache {
+// get_inline's and put_inline's lock mode (objcache.hpp): the slot-locked
+// pop or push, then the slow path.
+void *get_lock_mode(cache *c, int flags) {
+  os::wait w = flags & SR_NOWAIT ? os::wait::no : os::wait::yes;
+  if (uintptr_t obj = percpu::stack_pop(c->loaded_off, w); __builtin_expect(obj > percpu::stack_fold_due, 1))
+    return reinterpret_cast<void *>(obj);
+  return get_slow(c, flags);
+}
+
+void put_lock_mode(cache *c, void *obj) {
+  // Someone sleeps at the limit: this object must be destroyed, not cached.
+  if (__builtin_expect(c->waiters.load(std::memory_order_relaxed) == 0, 1) &&
+      __builtin_expect(percpu::stack_push(c->loaded_off, reinterpret_cast<uintptr_t>(obj),
+                                          os::wait::unless_reentered), 1))
+    return;
+  put_slow(c, obj);
+}
+}  // namespace sysref::objcache
 
 extern "C" {
 
@@ -27,19 +64,19 @@ objcache_t *objcache_create(const char *name, size_t size, size_t align,
 }
 
 void *objcache_get(objcache_t *oc, int flags) {
-  if (!ok(oc)) return errno = EINVAL, nullptr;
+  if (__builtin_expect(!ok(oc), 0)) return bad_get();
   return sysref::objcache::get_inline(C(oc), flags);
 }
 
 void objcache_put(objcache_t *oc, void *obj) {
-  if (!ok(oc) || !obj || !belongs(oc, obj))
-    return sysref::os::report_error("objcache_put: object not from this cache", ok(oc) ? C(oc)->name : nullptr, obj);
+  if (__builtin_expect(!ok(oc) || !belongs(oc, obj), 0))
+    return refuse("objcache_put: object not from this cache", oc, obj);
   sysref::objcache::put_inline(C(oc), obj);
 }
 
 void objcache_dtor(objcache_t *oc, void *obj) {
   if (!ok(oc) || !obj || !belongs(oc, obj))
-    return sysref::os::report_error("objcache_dtor: object not from this cache", ok(oc) ? C(oc)->name : nullptr, obj);
+    return refuse("objcache_dtor: object not from this cache", oc, obj);
   sysref::objcache::put_unconstructed(C(oc), obj);
 }
 

@@ -83,6 +83,15 @@ void unadmit(cache *c) {
   if (c->waiters.load(std::memory_order_relaxed)) os::futex_wake(&c->limit_seq, 1 << 30);
 }
 
+// n objects came from the slab layer: counted, and the peak raised.
+void note_made(cache *c, uint64_t n) {
+  uint64_t made = c->slab_allocs.fetch_add(n, std::memory_order_relaxed) + n;
+  uint64_t exist = made - c->slab_frees.load(std::memory_order_relaxed);
+  uint64_t peak = c->peak_existing.load(std::memory_order_relaxed);
+  while (exist > peak && !c->peak_existing.compare_exchange_weak(peak, exist, std::memory_order_relaxed)) {
+  }
+}
+
 // An object from the slab layer, constructed; nullptr with errno.
 void *construct(cache *c, int flags) {
   void *obj = slab::alloc(c->zone, flags & (SR_NOWAIT | SR_USE_RESERVE));
@@ -90,11 +99,7 @@ void *construct(cache *c, int flags) {
     unadmit(c);
     return nullptr;
   }
-  uint64_t made = c->slab_allocs.fetch_add(1, std::memory_order_relaxed) + 1;
-  uint64_t exist = made - c->slab_frees.load(std::memory_order_relaxed);
-  uint64_t peak = c->peak_existing.load(std::memory_order_relaxed);
-  while (exist > peak && !c->peak_existing.compare_exchange_weak(peak, exist, std::memory_order_relaxed)) {
-  }
+  note_made(c, 1);
   if (c->ctor) {
     int err = c->ctor(obj, c->priv, flags);
     c->ctor_calls.fetch_add(1, std::memory_order_relaxed);
@@ -141,15 +146,77 @@ namespace {
 
 uintptr_t as_word(magazine *m) { return reinterpret_cast<uintptr_t>(m); }
 
+// Full magazines the depot of a cache without a ctor keeps; more go back to
+// the slab layer at once. Its objects cost nothing to make again, while
+// objects parked in a size class the program has moved on from (a string
+// that grew into the next class) would keep whole slabs from every other
+// class. Two per CPU cover a producer/consumer hand-off.
+size_t depot_cap() { return 2 * size_t{percpu::ncpus()} + 2; }
+
+// No get took a full magazine from the depot for SYSREF_DECAY_MS (lock
+// held): what comes in is not being recycled. A program that frees a batch
+// and allocates it again keeps its depot warm, and so keeps the batch.
+bool cold(const cache *c) {
+  uint64_t now = os::coarse_now_ns();  // under the lock: never before last_take_ns
+  return now - c->dep.last_take_ns >= uint64_t{os::opts().decay_ms} * 1000000u;
+}
+
 // Trades the slot's previous magazine for m: {loaded, prev} -> {m, loaded}.
-// On success the old previous magazine goes to the depot (lock held).
-bool exchange(cache *c, magazine *m, os::wait w) {
+// On success the old previous magazine goes to the depot (lock held), or,
+// full while the depot already holds depot_cap full ones of a cache without
+// a ctor from which no get took a magazine for SYSREF_DECAY_MS, to *excess,
+// for the caller to give back to the slab layer once the lock is dropped.
+bool exchange(cache *c, magazine *m, os::wait w, magazine **excess = nullptr) {
   unsigned cpu = percpu::current_cpu();
   uintptr_t loaded = percpu::peek(cpu, c->loaded_off), prev = percpu::peek(cpu, c->prev_off());
   if (!percpu::compare_store_pair(c->loaded_off, loaded, prev, as_word(m), loaded, w)) return false;
   c->exchanges.fetch_add(1, std::memory_order_relaxed);
-  if (prev) depot_give(c, reinterpret_cast<magazine *>(prev));
+  if (!prev) return true;
+  auto *old = reinterpret_cast<magazine *>(prev);
+  uint64_t word = old->word;
+  if (excess && !c->ctor && rounds_of(word) && c->dep.nfull >= depot_cap() && cold(c)) {
+    fold(c, word);
+    old->word = word & percpu::stack_count_mask;
+    old->next = *excess;
+    *excess = old;
+  } else {
+    depot_give(c, old);
+  }
   return true;
+}
+
+// A cache without a ctor whose depot is dry takes a magazine's worth of
+// objects from the slab layer at once and loads it (its depot lock once per
+// magazine, not once per object); nullptr: the caller makes one object.
+void *fill_from_slab(cache *c, int flags, os::wait w) {
+  magazine *m = nullptr;
+  if (depot_acquire(c, w)) {
+    m = depot_take_empty(c);
+    c->dep.lock.release();
+  }
+  if (!m) m = mag_alloc(c->mag_index.load(std::memory_order_relaxed), flags & SR_NOWAIT);
+  if (!m) return nullptr;
+  uint32_t n = 0;
+  while (n < m->capacity) {
+    void *obj = slab::alloc(c->zone, flags & (SR_NOWAIT | SR_USE_RESERVE));
+    if (!obj) break;
+    items(m)[n++] = obj;
+  }
+  if (n) note_made(c, n);
+  if (n < 2 || !depot_acquire(c, w)) {  // too little to load: hand out one, keep the rest
+    void *obj = n ? items(m)[--n] : nullptr;
+    for (uint32_t i = 0; i < n; ++i) slab::free(c->zone, items(m)[i]);
+    c->slab_frees.fetch_add(n, std::memory_order_relaxed);
+    mag_free(m);
+    if (obj) c->gets.fetch_add(1, std::memory_order_relaxed);
+    return obj;
+  }
+  void *obj = items(m)[--n];
+  m->word = n;  // rounds, no counts
+  if (!exchange(c, m, w)) depot_give(c, m);  // the slot moved: the next get finds it there
+  c->dep.lock.release();
+  c->gets.fetch_add(1, std::memory_order_relaxed);
+  return obj;
 }
 
 // Moves the loaded magazine's counts to the totals (they near overflow).
@@ -207,8 +274,10 @@ void *get_slow(cache *c, int flags) {
     }
     if (percpu::stack_swap_if(c->loaded_off, true, w)) continue;  // previous has rounds
     if (blocked <= max_blocked_passes && depot_acquire(c, w)) {
+      c->dep.last_get_ns = os::coarse_now_ns();  // under the lock: scavenge compares against it
       magazine *reap = nowait ? nullptr : reap_if_due(c);  // reaping runs dtors: not here
       magazine *full = depot_take_full(c);
+      if (full) c->dep.last_take_ns = c->dep.last_get_ns;
       bool traded = full && exchange(c, full, w);
       if (full && !traded) depot_give(c, full);  // the slot moved (or is out of reach): look again
       c->dep.lock.release();
@@ -234,6 +303,9 @@ void *get_slow(cache *c, int flags) {
       wait_at_limit(c);
       continue;
     }
+    if (!nowait) maybe_scavenge();  // about to grow: first let idle caches give back
+    if (!c->ctor && !c->dtor && !c->limit)
+      if (void *obj = fill_from_slab(c, flags, w)) return obj;
     void *made = construct(c, flags);
     if (made) c->gets.fetch_add(1, std::memory_order_relaxed);
     return made;
@@ -256,6 +328,7 @@ void put_slow(cache *c, void *obj) {
     if (percpu::stack_push(c->loaded_off, reinterpret_cast<uintptr_t>(obj), w)) return;
     if (percpu::stack_swap_if(c->loaded_off, false, w)) continue;  // previous has room
     if (reentered && pass > max_blocked_passes) break;
+    if (pass == 0) maybe_scavenge();  // a depot trip: the scavenge's rate limit is one clock read
     if (!depot_acquire(c, w)) break;
     magazine *reap = reentered ? nullptr : reap_if_due(c);  // reaping runs dtors: not here
     magazine *empty = depot_take_empty(c);
@@ -270,8 +343,10 @@ void put_slow(cache *c, void *obj) {
       mag_free(empty);
       break;
     }
-    if (!exchange(c, empty, w)) depot_give(c, empty);
+    magazine *excess = nullptr;
+    if (!exchange(c, empty, w, &excess)) depot_give(c, empty);
     c->dep.lock.release();
+    if (excess) drain_magazines(c, excess);  // past the depot's cap: back to the slabs
   }
   c->puts.fetch_add(1, std::memory_order_relaxed);
   // In a handler, keep the object constructed in a spill slot rather than
@@ -314,7 +389,7 @@ cache *create(const params &p) {
   c->internal = p.internal;
   c->slot = static_cast<size_t>(slot);
   c->loaded_off = c->slot + 16;
-  c->dep.interval_start = os::coarse_now_ns();
+  c->dep.interval_start = c->dep.last_get_ns = os::coarse_now_ns();
   c->mag_index.store(initial_mag_index(c->objsize), std::memory_order_relaxed);
   registry_add(c);
   return c;

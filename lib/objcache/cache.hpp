@@ -24,6 +24,8 @@ struct depot {
   size_t min_full = 0, min_empty = 0; // fewest seen this interval: the unneeded
   uint64_t interval_start = 0;        // ns
   uint64_t waits_this_interval = 0;   // lock acquisitions that had to wait
+  uint64_t last_get_ns = 0;           // a get last came to the depot (scavenge)
+  uint64_t last_take_ns = 0;          // a get last took a full magazine (the cap)
 };
 
 struct cache : cache_head {  // the head first: objcache.hpp reads it inline
@@ -81,6 +83,15 @@ bool pull_cached_into_depot(cache *c, os::wait w);
 // Spilled objects (lock-free): one back, or every one for destruction.
 void *spill_take(cache *c);
 size_t spill_drain(cache *c);  // destructs them; bytes given back
+
+// Empties the depots of caches that no get reached for SYSREF_DECAY_MS
+// (their objects go back to the slabs, and the slabs to the pool that every
+// zone draws on), then ticks the slab layer's decay and the layer above's
+// hook. maybe_scavenge: at most every SYSREF_DECAY_MS / 4, only where no
+// library lock is held, and only caches without a dtor (a program's dtor
+// must not run inside an unrelated allocation); the reaper does them all.
+void maybe_scavenge();
+void scavenge(bool with_dtors);
 
 void registry_add(cache *c);
 // Starts the SYSREF_REAP_THREAD reaper if it is wanted, not yet running,

@@ -67,15 +67,20 @@ void for_each_cache(F f) {
   }
 }
 
+constinit std::atomic<uint64_t> g_next_scavenge{0};
+constinit std::atomic<void (*)()> g_decay_hook{nullptr};
+
 void *reaper_main(void *) {
   for (;;) {
-    os::sleep_ms(os::opts().reap_interval_ms);
+    unsigned reap = os::opts().reap_interval_ms, decay = os::opts().decay_ms;
+    os::sleep_ms(decay && decay / 2 < reap ? decay / 2 + 1 : reap);
     for_each_cache([](cache *c) {
       depot_acquire(c);
       magazine *chain = reap_if_due(c);
       c->dep.lock.release();
       if (chain) drain_magazines(c, chain);
     });
+    scavenge(true);
   }
   return nullptr;
 }
@@ -206,7 +211,9 @@ size_t reclaim(cache *c) {
   c->dep.min_full = c->dep.min_empty = 0;
   take_slot_magazines(c, keep);
   c->dep.lock.release();
-  return drain_magazines(c, chain) + spill_drain(c);
+  size_t bytes = drain_magazines(c, chain) + spill_drain(c);
+  slab::flush_pool();  // a reclaim is memory pressure: the slabs it emptied go to the OS now
+  return bytes;
 }
 
 bool pull_cached_into_depot(cache *c, os::wait w) {
@@ -251,6 +258,49 @@ size_t reclaim_all() {
   for_each_cache([&](cache *c) { bytes += reclaim(c); });
   return bytes;
 }
+
+void scavenge(bool with_dtors) {
+  uint64_t delay = uint64_t{os::opts().decay_ms} * 1000000u;
+  for_each_cache([&](cache *c) {
+    if ((c->dtor && !with_dtors) || !c->dep.lock.try_acquire()) return;  // busy: it is not idle
+    magazine *chain = nullptr;
+    depot &d = c->dep;
+    uint64_t now = os::coarse_now_ns();  // under the lock: never before last_get_ns
+    if (now - d.last_get_ns >= delay) {
+      c->reaped.fetch_add(d.full_rounds, std::memory_order_relaxed);
+      take_n(d.full, d.nfull, d.nfull, chain);
+      take_n(d.empty, d.nempty, d.nempty, chain);
+      d.full_rounds = 0;
+      d.min_full = d.min_empty = 0;
+      // The CPUs' magazines too: no get came this far for a whole delay, so
+      // they are what is left of a size the program has moved on from (or
+      // all a busy CPU needs, and it refills them with one depot trip).
+      take_slot_magazines(c, [&](magazine *m) {
+        c->reaped.fetch_add(rounds_of(m->word), std::memory_order_relaxed);
+        m->next = chain;
+        chain = m;
+      });
+      d.last_get_ns = now;  // pulled once per idle period, not on every tick
+    }
+    d.lock.release();
+    if (chain) drain_magazines(c, chain);
+  });
+  slab::decay_tick();
+  if (auto hook = g_decay_hook.load(std::memory_order_acquire)) hook();
+}
+
+void maybe_scavenge() {
+  if (os::reentered()) return;  // the walk takes the registry lock
+  uint64_t now = os::coarse_now_ns(), due = g_next_scavenge.load(std::memory_order_relaxed);
+  if (now < due) return;
+  uint64_t step = uint64_t{os::opts().decay_ms} * 250000u;  // a quarter of the delay
+  if (!g_next_scavenge.compare_exchange_strong(due, now + (step > 1000000u ? step : 1000000u),
+                                               std::memory_order_relaxed))
+    return;  // another thread scavenges
+  scavenge(false);
+}
+
+void set_decay_hook(void (*fn)()) { g_decay_hook.store(fn, std::memory_order_release); }
 
 void registry_add(cache *c) {
   {

@@ -52,6 +52,11 @@ uint64_t peak_objects(const cache *c);
 int for_each_public(int (*fn)(cache *c, void *arg), void *arg);
 size_t object_size(const cache *c);
 
+// Called with the scavenge (from slow paths and the reaper, rate-limited):
+// the layer above gives back what it keeps on its own timer (kmalloc's kept
+// large mappings). One hook; set once.
+void set_decay_hook(void (*fn)());
+
 // fork (the preload shim's atfork handlers): the registry lock, then every
 // registered cache's depot lock (the registry stays held: no cache comes or
 // goes meanwhile). Released in the parent and in the child; the child has
@@ -63,24 +68,29 @@ void postfork_child();
 void *get_slow(cache *c, int flags);
 void put_slow(cache *c, void *obj);
 
+// The lock mode's get and put (api.cpp): out of line, so that the rseq fast
+// paths below need no stack frame and end in a return or a tail call.
+void *get_lock_mode(cache *c, int flags);
+void put_lock_mode(cache *c, void *obj);
+
 // get and put, inline for the layers above: one restartable sequence on the
 // loaded magazine. obj must belong to the cache (callers check; see
 // slab::holds). put, and get with SR_NOWAIT, are async-signal-safe: they
 // never wait for a lock the interrupted frame may hold (cache.cpp, Signals).
 SR_RSEQ_FN void *get_inline(cache *c, int flags) {
   auto *h = reinterpret_cast<cache_head *>(c);
-  os::wait w = flags & SR_NOWAIT ? os::wait::no : os::wait::yes;  // lock mode only
-  if (uintptr_t obj = percpu::stack_pop(h->loaded_off, w); __builtin_expect(obj > percpu::stack_fold_due, 1))
+  if (!percpu::rseq_mode()) return get_lock_mode(c, flags);
+  if (uintptr_t obj; __builtin_expect(percpu::stack_pop_rseq(h->loaded_off, obj), 1))
     return reinterpret_cast<void *>(obj);
   return get_slow(c, flags);
 }
 
 SR_RSEQ_FN void put_inline(cache *c, void *obj) {
   auto *h = reinterpret_cast<cache_head *>(c);
+  if (!percpu::rseq_mode()) return put_lock_mode(c, obj);
   // Someone sleeps at the limit: this object must be destroyed, not cached.
   if (__builtin_expect(h->waiters.load(std::memory_order_relaxed) == 0, 1) &&
-      __builtin_expect(percpu::stack_push(h->loaded_off, reinterpret_cast<uintptr_t>(obj),
-                                          os::wait::unless_reentered), 1))
+      __builtin_expect(percpu::stack_push_rseq(h->loaded_off, reinterpret_cast<uintptr_t>(obj)), 1))
     return;
   put_slow(c, obj);
 }

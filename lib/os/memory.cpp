@@ -103,6 +103,13 @@ void decommit(void *p, size_t size) {
   g.decommitted.fetch_add(size, std::memory_order_relaxed);
 }
 
+bool move_pages(void *from, size_t size, void *dst) {
+  if (::mremap(from, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, dst) == MAP_FAILED) return false;
+  // The bytes at dst were counted when they were mapped; those at from are gone.
+  g.mapped.fetch_sub(size, std::memory_order_relaxed);
+  return true;
+}
+
 memory_stats memory_snapshot() {
   auto ld = [](const std::atomic<uint64_t> &a) { return a.load(std::memory_order_relaxed); };
   return {ld(g.mapped),    ld(g.peak),        ld(g.metadata),  ld(g.released), ld(g.decommitted),

@@ -95,6 +95,13 @@ constexpr entry table[] = {
        else return false;
        return true;
      }},
+    {"SYSREF_DECAY_MS",
+     [](options &o, const char *v) {
+       long n;
+       if (!parse_long(v, &n) || n < 0 || n > 3600000) return false;
+       o.decay_ms = static_cast<unsigned>(n);
+       return true;
+     }},
     {"SYSREF_MAG_CONTENTION", [](options &o, const char *v) { return parse_count(v, &o.mag_contention); }},
     {"SYSREF_STATS",
      [](options &o, const char *v) {

@@ -21,6 +21,11 @@ void *map(size_t size, size_t align, use u = use::data);
 void unmap(void *p, size_t size, use u = use::data);
 // Give the physical pages back but keep the range mapped (reads as zero).
 void decommit(void *p, size_t size);
+// Moves the pages of [from, from + size) to dst, replacing what was mapped
+// there (mremap, MREMAP_FIXED): pages already faulted in stay so, without
+// a copy. Both page-aligned, data mappings; false (nothing moved) if the
+// kernel refused.
+bool move_pages(void *from, size_t size, void *dst);
 
 void fail_after(long n);  // n < 0: never refuse
 
@@ -162,6 +167,9 @@ struct options {
   unsigned reap_interval_ms = 1000;  // objcache working-set interval
   bool reap_thread = false;          // reap from a background thread too
   unsigned mag_contention = 3;       // depot waits per interval that grow magazines
+  // Memory nobody used for this long goes back (empty slabs in the pool,
+  // idle caches' depots, kept large mappings); 0: as soon as it is free.
+  unsigned decay_ms = 100;
   // Statistics (the report layer and the preload shim).
   enum class stats_format : uint8_t { off, text, json };
   stats_format stats = stats_format::off;  // SYSREF_STATS: count, and report at exit

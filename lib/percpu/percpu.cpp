@@ -54,12 +54,22 @@ uintptr_t &word(unsigned cpu, size_t offset) {
   return *reinterpret_cast<uintptr_t *>(address(cpu, offset));
 }
 
+// The current CPU in lock mode: os::current_cpu() (sched_getcpu(), which
+// glibc reads from its rseq area where it registered one), with its clamp
+// below the CPU count (g_region.ncpus is os::cpu_count()) costing no
+// division unless the kernel reports a CPU beyond it.
+unsigned lock_mode_cpu() {
+  int c = ::sched_getcpu();
+  if (__builtin_expect(static_cast<unsigned>(c) < g_region.ncpus, 1)) return static_cast<unsigned>(c);
+  return c < 0 ? 0 : static_cast<unsigned>(c) % g_region.ncpus;
+}
+
 // A CPU's slot lock for offset (by default the current CPU's), taken as w
 // allows: false when not taken. The guard releases it.
 struct slot_guard {
   os::lock *l = nullptr;
   unsigned cpu;
-  slot_guard(size_t offset, os::wait w, unsigned on_cpu = os::current_cpu()) : cpu(on_cpu) {
+  slot_guard(size_t offset, os::wait w, unsigned on_cpu = lock_mode_cpu()) : cpu(on_cpu) {
     os::lock &candidate = slot_lock_of(cpu, offset);
     if (candidate.acquire(w)) l = &candidate;
   }
@@ -273,7 +283,7 @@ bool locked_compare_store(size_t offset, uintptr_t expect, uintptr_t desired, os
   return true;
 }
 
-void locked_add(size_t offset, uint64_t n) { count(word(os::current_cpu(), offset), n); }
+void locked_add(size_t offset, uint64_t n) { count(word(lock_mode_cpu(), offset), n); }
 
 // Counted stacks in lock mode. Stack words are read by statistics on other
 // CPUs, so they are stored whole (relaxed atomics).

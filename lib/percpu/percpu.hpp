@@ -208,6 +208,39 @@ SR_RSEQ_FN bool stack_push(size_t offset, uintptr_t obj, os::wait w = os::wait::
   return locked_stack_push(offset, stack_push_delta, obj, w);
 }
 
+// For fast paths that keep the lock mode out of line (objcache's get and
+// put): rseq_mode() says whether this process runs rseq sections; the two
+// below are stack_pop and stack_push for rseq mode only, with every refusal
+// (no stack, empty or full, counters to fold) as false: the caller's slow
+// path then calls stack_pop or stack_push, which tell them apart.
+SR_RSEQ_FN bool rseq_mode() {
+#if SYSREF_HAVE_RSEQ
+  return __builtin_expect(g_region.m == mode::rseq, 1);
+#else
+  return false;
+#endif
+}
+
+SR_RSEQ_FN bool stack_pop_rseq(size_t offset, uintptr_t &item) {
+#if SYSREF_HAVE_RSEQ
+  static_assert(static_cast<uint32_t>(stack_fold_limit) == 0, "the limit's test reads the high half");
+  return rseq_x86::stack_pop_or_refuse(g_region.rseq_off, g_region.base + offset,
+                                       static_cast<uint32_t>(stack_fold_limit >> 32), stack_pop_delta, item);
+#else
+  (void)offset, (void)item;
+  return false;
+#endif
+}
+
+SR_RSEQ_FN bool stack_push_rseq(size_t offset, uintptr_t obj) {
+#if SYSREF_HAVE_RSEQ
+  return rseq_x86::stack_push(g_region.rseq_off, g_region.base + offset, stack_push_delta, obj);
+#else
+  (void)offset, (void)obj;
+  return false;
+#endif
+}
+
 // If the two words at offset are {e0, e1}, store {n0, n1}, as one commit.
 SR_RSEQ_FN bool compare_store_pair(size_t offset, uintptr_t e0, uintptr_t e1, uintptr_t n0,
                                    uintptr_t n1, os::wait w = os::wait::yes) {

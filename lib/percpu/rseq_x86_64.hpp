@@ -220,6 +220,33 @@ fold_due:
   return 1;
 }
 
+// The same section for fast paths that send every refusal (no stack, empty,
+// fold due) to one slow path: true with item set, or false. The caller
+// branches on the labels themselves, with no return value to test again.
+// The limit comes as its high half (its low 32 bits are zero: the word
+// reaches it when its high 32 bits reach limit_hi), an immediate compared
+// with the word in memory: no register for it, so a fast path keeps its own
+// arguments in registers for its tail call to the slow path and saves none.
+SR_RSEQ_FN bool stack_pop_or_refuse(ptrdiff_t roff, uintptr_t base, uint32_t limit_hi,
+                                    uint64_t pop_delta, uintptr_t &item) {
+  asm goto(SR_RSEQ_PROLOGUE
+           SR_STACK_LOAD
+           "jz %l[mismatch_]\n\t"
+           "cmpl %[limit_hi], 4(%%rcx)\n\t"
+           "jae %l[mismatch_]\n\t"
+           "movq 16(%%rcx,%%r8,8), %[item]\n\t"
+           "addq %[delta], %%rdx\n\t"
+           "movq %%rdx, (%%rcx)\n\t"
+           SR_RSEQ_EPILOGUE_RETRY
+           : [item] "=&a"(item)  // rax: the slot address until the item replaces it
+           : [roff] "r"(roff), [base] "r"(base), [limit_hi] "ri"(limit_hi), [delta] "r"(pop_delta)
+           : "rcx", "rdx", "r8", "memory", "cc"
+           : mismatch_);
+  return true;
+mismatch_:
+  return false;
+}
+
 // Pushes obj unless there is no stack or it is full (false). Aborts rerun.
 SR_RSEQ_FN bool stack_push(ptrdiff_t roff, uintptr_t base, uint64_t push_delta, uintptr_t obj) {
   asm goto(SR_RSEQ_PROLOGUE
@@ -231,7 +258,7 @@ SR_RSEQ_FN bool stack_push(ptrdiff_t roff, uintptr_t base, uint64_t push_delta, 
            "movq %%rdx, (%%rcx)\n\t"
            SR_RSEQ_EPILOGUE_RETRY
            :
-           : [roff] "r"(roff), [base] "r"(base), [delta] "r"(push_delta), [obj] "r"(obj)
+           : [roff] "r"(roff), [base] "r"(base), [delta] "re"(push_delta), [obj] "r"(obj)
            : "rax", "rcx", "rdx", "r8", "memory", "cc"
            : mismatch_);
   return true;

@@ -66,6 +66,8 @@ void put_totals(const totals &t, object &o) {
   x.u("peak_mapped_bytes", t.peak_mapped_bytes);
   x.u("resident_bytes", t.resident_bytes);
   x.u("released_bytes", t.released_bytes);
+  x.u("idle_bytes", t.idle_bytes);
+  x.u("decayed_bytes", t.decayed_bytes);
   x.u("minor_faults", t.minor_faults);
   x.u("foreign_frees", t.foreign_frees);
   x.end();

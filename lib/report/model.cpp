@@ -11,6 +11,7 @@
 #include <sysref/sysref.h>
 
 #include "../kmalloc/kmalloc.hpp"
+#include "../kmalloc/large.hpp"
 #include "../objcache/objcache.hpp"
 #include "../os/os.hpp"
 #include "../percpu/percpu.hpp"
@@ -196,6 +197,10 @@ void gather(model &m, reason r, bool with_topology) {
   t.mapped_bytes = ms.mapped;
   t.peak_mapped_bytes = ms.peak_mapped;
   t.released_bytes = ms.released + ms.decommitted;
+  slab::pool_stats pool = slab::pool_snapshot();
+  kmalloc::large::counters lc = kmalloc::large::snapshot();
+  t.idle_bytes = pool.bytes + lc.kept_bytes;
+  t.decayed_bytes = pool.bytes_decayed + lc.decayed_bytes;
   t.resident_bytes = os::resident_bytes();
   t.minor_faults = os::minor_faults();
   t.foreign_frees = m.calls[static_cast<unsigned>(call::foreign_free)];

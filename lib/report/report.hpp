@@ -72,6 +72,8 @@ struct totals {
   uint64_t requested_bytes, allocated_bytes, internal_fragmentation_bytes, live_bytes,
       peak_live_bytes, freed_bytes, allocations, frees, live_objects, metadata_bytes, mapped_bytes,
       peak_mapped_bytes, resident_bytes, released_bytes, minor_faults, foreign_frees;
+  uint64_t idle_bytes;     // mapped, free, waiting on the decay timer: pooled slabs, kept large blocks
+  uint64_t decayed_bytes;  // given back because the timer ran out
 };
 struct model {
   char program[64];

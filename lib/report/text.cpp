@@ -131,6 +131,8 @@ void print_totals(const model &m, buffer &b) {
   total_line(b, "peak mapped bytes", t.peak_mapped_bytes);
   total_line(b, "resident bytes", t.resident_bytes, "whole process");
   total_line(b, "released bytes", t.released_bytes, "given back to the OS");
+  total_line(b, "idle bytes", t.idle_bytes, "free, kept mapped for reuse until the decay timer");
+  total_line(b, "decayed bytes", t.decayed_bytes, "given back when the timer ran out");
   total_line(b, "minor faults", t.minor_faults, "whole process");
   total_line(b, "foreign frees", t.foreign_frees);
 }

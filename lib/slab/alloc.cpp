@@ -83,7 +83,7 @@ uintptr_t take_objects(zone *z, slab *s) {
 }
 
 // The slab stops being bound to a CPU (lock held): collect its remote frees,
-// then file it by fullness. Returns a slab to unmap, if any.
+// then file it by fullness. Returns a slab to release, if any.
 slab *detach(zone *z, slab *s) {
   uintptr_t list = s->remote.exchange(base_of(s) | detached_bit, std::memory_order_acquire);
   give_to_free(s, list);
@@ -97,10 +97,21 @@ slab *next_slab(zone *z, int flags) {
   if (!z->running && z->on(where::reserve).head) return z->on(where::reserve).head;
   if (z->on(where::partial).head) return z->on(where::partial).head;
   if (z->on(where::spare).head) return z->on(where::spare).head;
-  if (flags & SR_NOWAIT) return nullptr;
-  z->lock.release();
-  slab *s = map_slab(z);
-  z->lock.acquire();
+  slab *s;
+  if (flags & SR_NOWAIT) {
+    // GFP_NOWAIT: memory that can be had at once, never a wait for another
+    // thread. Another thread holding refill is mapping for this zone: leave
+    // it to them. Otherwise map here, keeping the zone lock (retaking it
+    // after the map could mean waiting); try-acquiring refill under the
+    // lock inverts the order, but a try never waits, so it cannot deadlock.
+    if (!z->refill.try_acquire()) return nullptr;
+    s = map_slab(z, os::wait::no);
+    z->refill.release();
+  } else {
+    z->lock.release();
+    s = map_slab(z);
+    z->lock.acquire();
+  }
   if (!s) return nullptr;
   ++z->sync_maps;
   z->running = true;
@@ -160,8 +171,8 @@ void *alloc_slow(zone *z, int flags) {
     errno = ENOMEM;
     return nullptr;
   }
-  slab *to_unmap = nullptr;
-  drain_deferred(z, &to_unmap);
+  slab *to_release = nullptr;
+  drain_deferred(z, &to_release);
   uintptr_t emergency = 0;
   bool refill = false, failed = false;
   for (int misses = 0;;) {
@@ -201,11 +212,12 @@ void *alloc_slow(zone *z, int flags) {
     }
     n->remote.store(base_of(n), std::memory_order_release);  // bound: remote frees go lock-free
     refill = n->list == where::spare;
+    z->last_bind_ns = os::coarse_now_ns();
     move(z, n, where::active);
     if (s) {
       if (slab *e = detach(z, s)) {
-        e->next = to_unmap;
-        to_unmap = e;
+        e->next = to_release;
+        to_release = e;
       }
     }
     break;
@@ -213,8 +225,9 @@ void *alloc_slow(zone *z, int flags) {
   refill = refill && z->on(where::spare).count < z->spare_low;
   z->lock.release();
 
-  unmap_chain(z, to_unmap);
+  release_chain(z, to_release, w);
   if (refill && !nowait) proactive_refill(z);
+  if (!nowait) decay_tick();
   if (emergency) {
     percpu::add(z->allocs_off(), 1);  // not popped from a slot: count it here
     return hand_out(z, emergency, flags);
@@ -247,7 +260,7 @@ void bad_free(zone *z, void *ptr, const char *what) {
 namespace {
 
 // p goes back to its slab's locked list (lock held). Returns the slab if it
-// became empty and must be unmapped.
+// became empty and must be released.
 slab *free_locked(zone *z, slab *s, uintptr_t p) {
   words(p)[0] = s->free;
   s->free = p;
@@ -260,14 +273,14 @@ slab *free_locked(zone *z, slab *s, uintptr_t p) {
 
 }  // namespace
 
-void drain_deferred(zone *z, slab **unmap) {
+void drain_deferred(zone *z, slab **release) {
   if (!z->deferred.load(std::memory_order_relaxed)) return;
   uintptr_t p = z->deferred.exchange(0, std::memory_order_acquire);
   while (p) {
     uintptr_t next = words(p)[0];
     if (slab *e = free_locked(z, slab_of(z, p), p)) {
-      e->next = *unmap;
-      *unmap = e;
+      e->next = *release;
+      *release = e;
     }
     p = next;
   }
@@ -298,14 +311,14 @@ void free_slow(zone *z, uintptr_t p, bool tagged) {
     while (!z->deferred.compare_exchange_weak(top, p, std::memory_order_release, std::memory_order_relaxed));
     return;
   }
-  slab *to_unmap = nullptr;
-  drain_deferred(z, &to_unmap);
+  slab *to_release = nullptr;
+  drain_deferred(z, &to_release);
   if (slab *e = free_locked(z, s, p)) {
-    e->next = to_unmap;
-    to_unmap = e;
+    e->next = to_release;
+    to_release = e;
   }
   z->lock.release();
-  unmap_chain(z, to_unmap);
+  release_chain(z, to_release);
 }
 
 void *alloc(zone *z, int flags) { return alloc_fast(z, flags); }

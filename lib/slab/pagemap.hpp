@@ -7,6 +7,8 @@
 #include <atomic>
 #include <cstdint>
 
+#include "../os/os.hpp"
+
 namespace sysref::slab::pagemap {
 
 inline constexpr int granule_shift = 16;
@@ -20,7 +22,8 @@ inline constexpr uintptr_t foreign_owner_bit = 1;
 // Registers [start, start + len) (granule-aligned) to owner. Fails with
 // EEXIST if any granule has an owner, ENOMEM if a leaf cannot be mapped,
 // EINVAL for an address beyond 48 bits.
-int set(uintptr_t start, size_t len, void *owner);
+// A leaf is mapped under the grow lock, taken as w allows (else EAGAIN).
+int set(uintptr_t start, size_t len, void *owner, os::wait w = os::wait::yes);
 void clear(uintptr_t start, size_t len);
 // fork: takes and releases the grow lock (slab::prefork calls them).
 void prefork();

@@ -20,11 +20,26 @@ struct geometry {
   size_t objsize;
   uint64_t reciprocal;   // ceil(2^64 / objsize): offset -> index without a divide
   uint32_t nobjs;        // objects per slab
+  uint32_t tag;          // the layer above's (kmalloc: class index + 1); 0 = none (zones start zeroed)
+  uint64_t secret;       // free marker: a free object's word 1 is secret ^ its address (odd)
+  void *upper;           // the layer above's pointer (kmalloc: the class's objcache); set with tag
 };
 
 struct zone;
 
 inline const geometry &geometry_of(const zone *z) { return *reinterpret_cast<const geometry *>(z); }
+// The tag and pointer, read with the geometry (one cache line: zones are
+// 64-byte aligned), so a free finds its owner from the line it reads anyway.
+inline uint32_t tag_of(const zone *z) { return geometry_of(z).tag; }
+inline void *upper_of(const zone *z) { return geometry_of(z).upper; }
+inline void set_tag(zone *z, uint32_t tag, void *upper) {
+  reinterpret_cast<geometry *>(z)->upper = upper;
+  reinterpret_cast<geometry *>(z)->tag = tag;
+}
+// The word a free object of z holds at +8 is this secret ^ its address
+// (slab::hand_out clears it): a layer above that keeps its own mark there
+// must never produce that value.
+inline uint64_t free_secret(const zone *z) { return geometry_of(z).secret; }
 
 // Index of the object p starts in its slab, or ~0 if p is not the start of
 // an object of this layout. Arithmetic only.
@@ -89,9 +104,19 @@ void publish(zone *z);
 int for_each_public(int (*fn)(zone *z, void *arg), void *arg);
 const char *name_of(const zone *z);
 
-// A word the layer above may attach to a zone (kmalloc: its size class).
-void set_user(zone *z, void *user);
-void *user(const zone *z);
+// Memory back to the OS on a timer (pool.cpp). decay_tick does the work at
+// most every SYSREF_DECAY_MS / 4, from any slow path that holds no library
+// lock (and the reaper thread): idle zones' spare slabs go to the pool, and
+// pooled slabs unused for SYSREF_DECAY_MS are unmapped. Cheap when not due.
+void decay_tick();
+// Unmaps every pooled slab now (kmalloc_reclaim, low memory); bytes.
+size_t flush_pool();
+struct pool_stats {
+  uint64_t bytes;          // empty slabs pooled now, mapped
+  uint64_t slabs_reused;   // slabs a zone took from the pool instead of the OS
+  uint64_t bytes_decayed;  // unmapped by the timer (flush_pool not counted)
+};
+pool_stats pool_snapshot();
 
 // fork (the preload shim's atfork handlers): prefork takes every lock of the
 // layer (lazy-zone making, zone-of-zones init, the zone registry, each

@@ -79,6 +79,8 @@ bool init_zone(zone *z, const char *name, size_t objsize, size_t align) {
   z->errors.store(0, std::memory_order_relaxed);
   z->deferred.store(0, std::memory_order_relaxed);
   z->type_stable = false;
+  z->last_bind_ns = os::coarse_now_ns();
+  z->spares_decayed = 0;
   long slot = percpu::slot_alloc();
   if (slot < 0) return false;
   z->slot = static_cast<size_t>(slot);
@@ -126,13 +128,16 @@ slab *retire_empty(zone *z, slab *s) {
   return s;
 }
 
-slab *map_slab(zone *z) {
-  void *mem = os::map(z->slab_size, z->slab_size, z->mapped_as);
-  if (!mem) return nullptr;
-  auto *s = static_cast<slab *>(mem);
+slab *map_slab(zone *z, os::wait w) {
+  slab *s = pool_take(z->slab_size, z->mapped_as, w);
+  if (!s) {
+    void *mem = os::map(z->slab_size, z->slab_size, z->mapped_as);
+    if (!mem) return nullptr;
+    s = static_cast<slab *>(mem);
+  }
   init_slab(z, s, false);
-  if (pagemap::set(base_of(s), z->slab_size, z) != 0) {
-    os::unmap(mem, z->slab_size, z->mapped_as);
+  if (pagemap::set(base_of(s), z->slab_size, z, w) != 0) {
+    if (!pool_give(s, z->slab_size, z->mapped_as, w)) os::unmap(s, z->slab_size, z->mapped_as);
     return nullptr;
   }
   return s;
@@ -144,11 +149,32 @@ void unmap_slab(zone *z, slab *s) {
   os::unmap(s, z->slab_size, z->mapped_as);
 }
 
-void unmap_chain(zone *z, slab *chain) {
+void release_chain(zone *z, slab *chain, os::wait w) {
   while (chain) {
     slab *next = chain->next;
-    unmap_slab(z, chain);
+    pagemap::clear(base_of(chain), z->slab_size);
+    chain->magic = 0;
+    if (!pool_give(chain, z->slab_size, z->mapped_as, w)) os::unmap(chain, z->slab_size, z->mapped_as);
     chain = next;
+  }
+}
+
+void trim_idle_zones(uint64_t now, uint64_t idle_ns) {
+  os::guard g(g_registry);
+  for (zone *z = g_registry_head; z; z = z->reg_next) {
+    if (z->type_stable || !z->lock.try_acquire()) continue;  // busy: not idle
+    slab *drop = nullptr;
+    if (now >= z->last_bind_ns && now - z->last_bind_ns >= idle_ns) {
+      while (slab *s = z->on(where::spare).head) {
+        z->on(where::spare).remove(s);
+        ++z->released;
+        ++z->spares_decayed;
+        s->next = drop;
+        drop = s;
+      }
+    }
+    z->lock.release();
+    release_chain(z, drop, os::wait::yes);
   }
 }
 
@@ -268,7 +294,7 @@ int set_spare(zone *z, unsigned low, unsigned high) {
       drop = s;
     }
   }
-  unmap_chain(z, drop);
+  release_chain(z, drop);
   return 0;
 }
 
@@ -322,9 +348,9 @@ int stats(zone *z, kmalloc_zone_stats *out) {
   if (!valid(z) || !out) return -EINVAL;
   uint64_t allocs, frees;
   count_pairs(z, &allocs, &frees);
-  slab *to_unmap = nullptr;
+  slab *to_release = nullptr;
   z->lock.acquire();
-  drain_deferred(z, &to_unmap);  // slab counts as if every free had been filed
+  drain_deferred(z, &to_release);  // slab counts as if every free had been filed
   *out = {};
   out->objsize = z->objsize;
   out->slab_size = z->slab_size;
@@ -353,12 +379,10 @@ int stats(zone *z, kmalloc_zone_stats *out) {
   out->spare_low = z->spare_low;
   out->spare_high = z->spare_high;
   z->lock.release();
-  unmap_chain(z, to_unmap);
+  release_chain(z, to_release);
   return 0;
 }
 
-void set_user(zone *z, void *u) { z->user = u; }
-void *user(const zone *z) { return z->user; }
 
 // fork: the order of zone.hpp. The registry stays held, so no zone comes or
 // goes between prefork and the release.
@@ -372,9 +396,11 @@ void prefork() {
     z->lock.acquire();
   }
   pagemap::prefork();
+  pool_prefork();
 }
 
 void postfork_parent() {
+  pool_postfork();
   pagemap::postfork();
   for (zone *z = g_registry_head; z; z = z->reg_next) {
     z->lock.release();

@@ -25,9 +25,10 @@
 // lock: before that, remote frees go to the lock and nothing can be pushed
 // on a stack that a failed bind would have to undo.
 //
-// Lock order: zone->refill before zone->lock; pagemap's grow lock innermost.
-// For fork (prefork, zone.cpp): lazy-zone making, zone-of-zones init, the
-// registry, every zone's refill then lock, the page map's grow lock.
+// Lock order: the registry, zone->refill, zone->lock; then pagemap's grow
+// lock and the pool lock (pool.cpp), leaves. For fork (prefork, zone.cpp):
+// lazy-zone making, zone-of-zones init, the registry, every zone's refill
+// then lock, the page map's grow lock, the pool lock.
 #pragma once
 #include <atomic>
 
@@ -54,6 +55,7 @@ struct slab {
   bool is_reserve;
   slab *prev, *next;
 };
+static_assert(sizeof(slab) <= 64, "a slab header fits one line");
 
 struct slab_list {
   slab *head = nullptr;
@@ -78,7 +80,6 @@ struct zone : geometry {  // the geometry first: slab.hpp reads it inline
   char name[32];
   size_t slab_size;
   uint32_t batch;
-  uint64_t secret;
   size_t slot;            // per-CPU slot: allocs at +8, W at +16, frees at +24 (counted list)
   os::lock lock;
   os::lock refill;
@@ -90,10 +91,11 @@ struct zone : geometry {  // the geometry first: slab.hpp reads it inline
   std::atomic<uint64_t> errors;
   std::atomic<uintptr_t> deferred;  // frees waiting for the lock: linked by word 0, 0-terminated
   bool type_stable;       // never unmaps a slab: late readers of a freed object stay safe
-  void *user;             // the layer above's tag (set_user)
   zone *reg_next;         // the zone registry (fork: every zone's locks), g_registry lock
   zone *next_public;      // the registry of program-made zones (publish)
   bool is_public;
+  uint64_t last_bind_ns;  // when a slab was last bound to a CPU: idle zones lose their spares
+  uint64_t spares_decayed;  // spare slabs handed to the pool because the zone sat idle
 
   size_t allocs_off() const { return slot + 8; }
   size_t w_off() const { return slot + 16; }
@@ -107,15 +109,32 @@ inline uintptr_t base_of(const slab *s) { return reinterpret_cast<uintptr_t>(s);
 
 // Shared between alloc.cpp and zone.cpp (all with z->lock held).
 void move(zone *z, slab *s, where to);
-// A slab whose objects are all free: keep it spare, or queue it for unmapping
-// (returned: the caller unmaps after dropping the lock).
+// A slab whose objects are all free: keep it spare, or queue it for release
+// (returned: the caller releases it after dropping the lock).
 slab *retire_empty(zone *z, slab *s);
-void unmap_slab(zone *z, slab *s);  // without the lock
-void unmap_chain(zone *z, slab *chain);  // slabs linked by next, without the lock
+void unmap_slab(zone *z, slab *s);  // to the OS at once, without the lock
+// Slabs linked by next leave the zone for the pool (pool.cpp), without the
+// lock; w says whether the pool's lock may be waited for (else: unmapped).
+void release_chain(zone *z, slab *chain, os::wait w = os::wait::unless_reentered);
 // Files every deferred free into its slab (lock held); slabs that became
-// empty and must be unmapped are prepended to *unmap.
-void drain_deferred(zone *z, slab **unmap);
-slab *map_slab(zone *z);            // without the lock; nullptr if the OS refused
+// empty and must be released are prepended to *release.
+void drain_deferred(zone *z, slab **release);
+// A slab from the pool or the OS, in the page map; nullptr if neither gave
+// one (or w forbade a wait). May be called with z->lock held.
+slab *map_slab(zone *z, os::wait w = os::wait::yes);
+
+// ---- the empty-slab pool (pool.cpp) -------------------------------------------
+// Empty slabs no zone needs stay mapped in a process-wide pool, by slab size,
+// for any zone to take (what one size class gave up is the next slab of
+// another, its pages already faulted in); one that sat there for
+// SYSREF_DECAY_MS goes back to the OS. Out of the page map while pooled.
+slab *pool_take(size_t slab_size, os::use u, os::wait w);
+bool pool_give(slab *s, size_t slab_size, os::use u, os::wait w);  // false: not taken
+// Spare slabs of zones that bound none for idle_ns move to the pool (zone.cpp);
+// zone locks only if free at once.
+void trim_idle_zones(uint64_t now, uint64_t idle_ns);
+void pool_prefork();  // the pool lock, for fork (a leaf: last)
+void pool_postfork();
 
 // ---- the fast paths, inline so the C ABI entry points are the whole path ---
 // (static: they contain rseq critical sections, see SR_RSEQ_FN)
