@@ -36,31 +36,13 @@ import tempfile
 import time
 
 import wl_chart
+from peerlibs import PEERS, child_env, find_lib
 
 WORKLOADS = ["larson", "prodcons", "churn", "realloc", "large", "frag", "small", "bigint"]
-PEERS = [("jemalloc", "libjemalloc.so.2"), ("mimalloc", "libmimalloc.so.2"),
-         ("tcmalloc", "libtcmalloc_minimal.so.4")]
 # CPU time (user + sys) is informational: steadier than wall time on a busy machine.
 METRICS = [("time_s", "wall time"), ("maxrss_kib", "peak RSS"), ("minflt", "minor faults"),
            ("cpu_s", "CPU time (user+sys)")]
 SMOKE_SCALE = 0.01
-
-
-def find_lib(name):
-    for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib", "/lib/x86_64-linux-gnu"):
-        p = os.path.join(d, name)
-        if os.path.exists(p):
-            return p
-    return None
-
-
-def child_env(preload):
-    """This process's environment with LD_PRELOAD set (or cleared) for a child."""
-    env = dict(os.environ)
-    env.pop("LD_PRELOAD", None)
-    if preload:
-        env["LD_PRELOAD"] = preload
-    return env
 
 
 def run_once(launcher, prog, scale, preload, timeout):

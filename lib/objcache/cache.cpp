@@ -185,9 +185,9 @@ bool exchange(cache *c, magazine *m, os::wait w, magazine **excess = nullptr) {
   return true;
 }
 
-// A cache without a ctor whose depot is dry takes a magazine's worth of
-// objects from the slab layer at once and loads it (its depot lock once per
-// magazine, not once per object); nullptr: the caller makes one object.
+// A cache without a ctor whose depot is dry takes a batch of objects from
+// the slab layer at once and loads them in a magazine (its depot lock once
+// per batch, not once per object); nullptr: the caller makes one object.
 void *fill_from_slab(cache *c, int flags, os::wait w) {
   magazine *m = nullptr;
   if (depot_acquire(c, w)) {
@@ -196,8 +196,11 @@ void *fill_from_slab(cache *c, int flags, os::wait w) {
   }
   if (!m) m = mag_alloc(c->mag_index.load(std::memory_order_relaxed), flags & SR_NOWAIT);
   if (!m) return nullptr;
-  uint32_t n = 0;
-  while (n < m->capacity) {
+  // About 16 KiB of objects, at least 4: a class used for one block at a
+  // time must not fault in a whole magazine of big objects.
+  size_t want = (size_t{16} << 10) / c->objsize;
+  uint32_t n = 0, fill = want < 4 ? 4 : want > m->capacity ? m->capacity : static_cast<uint32_t>(want);
+  while (n < fill) {
     void *obj = slab::alloc(c->zone, flags & (SR_NOWAIT | SR_USE_RESERVE));
     if (!obj) break;
     items(m)[n++] = obj;
