@@ -375,7 +375,9 @@ Test(objcache, background_reaper_returns_an_idle_burst, .init = reaper_on) {
   for (int i = 0; i < 200; ++i) {  // no calls into the cache meanwhile but stats
     usleep(10000);
     s = stats_of(oc);
-    if (s.depot_full == 0) break;
+    // reaped counts objects when the reaper takes them, dtor_calls as it
+    // destructs them, after it dropped the lock: wait for both.
+    if (s.depot_full == 0 && s.dtor_calls == s.reaped) break;
   }
   cr_expect_eq(s.depot_full, 0u, "two idle intervals reap every full depot magazine");
   cr_expect_gt(s.reaped, 2500u);
