@@ -1460,6 +1460,12 @@ Test(sysref, lookups_and_foreach_race_termination, .timeout = 60) {
     test_crew::crew c(true, 200);
     sysref_race::start(r, lookers, [&c](auto fn) { c.spawn(fn); });
     std::this_thread::sleep_until(test_crew::after_ms(1500));
+    // A window by progress, not only by time: on a starved 2-vCPU machine,
+    // with a signal every 200 us and a move every 50 us per thread, 1.5 s
+    // can pass before a kill and an aborted creation happen; a stall that
+    // never ends still fails, after 20 s.
+    for (int i = 0; i < 185 && (r.kills.load() == 0 || r.aborted.load() == 0); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
     r.stop.store(true);
   }
   for (const auto &k : sysref_race::checks(r, r.end())) cr_expect(k.ok, "%s", k.what.c_str());
