@@ -80,7 +80,6 @@ bool init_zone(zone *z, const char *name, size_t objsize, size_t align) {
   z->deferred.store(0, std::memory_order_relaxed);
   z->type_stable = false;
   z->last_bind_ns = os::coarse_now_ns();
-  z->spares_decayed = 0;
   long slot = percpu::slot_alloc();
   if (slot < 0) return false;
   z->slot = static_cast<size_t>(slot);
@@ -168,7 +167,6 @@ void trim_idle_zones(uint64_t now, uint64_t idle_ns) {
       while (slab *s = z->on(where::spare).head) {
         z->on(where::spare).remove(s);
         ++z->released;
-        ++z->spares_decayed;
         s->next = drop;
         drop = s;
       }

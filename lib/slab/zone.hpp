@@ -95,7 +95,6 @@ struct zone : geometry {  // the geometry first: slab.hpp reads it inline
   zone *next_public;      // the registry of program-made zones (publish)
   bool is_public;
   uint64_t last_bind_ns;  // when a slab was last bound to a CPU: idle zones lose their spares
-  uint64_t spares_decayed;  // spare slabs handed to the pool because the zone sat idle
 
   size_t allocs_off() const { return slot + 8; }
   size_t w_off() const { return slot + 16; }
