@@ -966,6 +966,60 @@ Test(kmalloc, large_blocks_are_reused_and_zeroed_on_request) {
   cr_expect_leq(os_data() + (1u << 20), data, "reclaim unmaps kept mappings");
 }
 
+// The span heap: a freed block's pages serve the next block at the same
+// addresses (pages touched where they were cost no fault), a larger block
+// grows the freed range into the address space beside it and commits only
+// the growth, and calloc zeroes only the part that held old data.
+Test(kmalloc, large_blocks_reuse_their_addresses_and_grow_in_place) {
+  km::reclaim();
+  auto *p = static_cast<unsigned char *>(sr_malloc(8 * MiB));
+  cr_assert_not_null(p);
+  std::memset(p, 0x5a, 8 * MiB);
+  sr_free(p);
+  auto *q = static_cast<unsigned char *>(sr_malloc(6 * MiB));
+  cr_assert_not_null(q);
+  cr_expect(q >= p && q + 6 * MiB <= p + 8 * MiB, "a smaller block comes from the freed range");
+  sr_free(q);  // merges back into one 8 MiB range
+  uint64_t data = os_data();
+  auto *r = static_cast<unsigned char *>(sr_calloc(1, 10 * MiB));
+  cr_assert_not_null(r);
+  cr_expect(r <= p && r + 10 * MiB >= p + 8 * MiB, "a larger block grows the freed range in place");
+  cr_expect_eq(os_data() - data, 2 * MiB, "only the growth is new memory");
+  for (size_t i = 0; i < 10 * MiB; i += 4096) cr_assert_eq(r[i], 0, "calloc over a grown block, byte %zu", i);
+  sr_free(r);
+  km::reclaim();
+  cr_expect_leq(os_data() + 10 * MiB, data + 2 * MiB, "reclaim gives the kept range back");
+}
+
+// Two blocks live at a time, sizes varying (a decoder's buffers): after the
+// first rounds nearly every block is served from pages the heap already
+// has. (Mapping each block afresh would make all its bytes new memory.)
+Test(kmalloc, alternating_large_blocks_reuse_the_heaps_pages) {
+  km::reclaim();
+  auto ever_mapped = [] {
+    sysref::os::memory_stats m = sysref::os::memory_snapshot();
+    return m.mapped + m.released;
+  };
+  uint64_t seed = 12345, fresh_from = 0, handed_out = 0;
+  unsigned char *held = nullptr;
+  for (int round = 0; round < 60; ++round) {
+    if (round == 10) fresh_from = ever_mapped();
+    seed = seed * 6364136223846793005u + 1442695040888963407u;
+    size_t size = (2 + (seed >> 33) % 5) * MiB + (seed >> 20) % MiB;  // 2-7 MiB
+    auto *p = static_cast<unsigned char *>(sr_malloc(size));
+    cr_assert_not_null(p);
+    std::memset(p, round, size);
+    if (held) sr_free(held);
+    held = p;
+    if (round >= 10) handed_out += size;
+  }
+  sr_free(held);
+  uint64_t fresh = ever_mapped() - fresh_from;
+  cr_expect_lt(fresh, handed_out / 4, "%lu MiB of new memory for %lu MiB of blocks",
+               static_cast<unsigned long>(fresh / MiB), static_cast<unsigned long>(handed_out / MiB));
+  km::reclaim();
+}
+
 // ---- regressions: large blocks under moves and signals, kept mappings ----
 
 namespace {

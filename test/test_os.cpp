@@ -82,6 +82,39 @@ Test(os, decommit_keeps_the_range_and_zeroes_it) {
   os::unmap(p, page * 4);
 }
 
+// The span heap's address space: reserving costs nothing counted, a commit
+// is a page request (counted, refusable), a release gives the pages back
+// and keeps the range reserved, and a range committed again reads as zero.
+Test(os, reserve_commit_release) {
+  os::fail_after(-1);
+  const size_t page = os::page_size(), size = size_t{1} << 22, align = size_t{1} << 21;
+  auto before = os::memory_snapshot();
+  auto *r = static_cast<unsigned char *>(os::reserve(size, align));
+  cr_assert_not_null(r);
+  cr_expect_eq(reinterpret_cast<uintptr_t>(r) % align, 0u);
+  cr_expect_eq(os::memory_snapshot().mapped, before.mapped, "a reservation is not memory");
+  cr_assert(os::commit(r + page, 2 * page));
+  r[page] = 0x5a;
+  r[3 * page - 1] = 0x5b;
+  auto mid = os::memory_snapshot();
+  cr_expect_eq(mid.mapped - before.mapped, 2 * page);
+  cr_expect_eq(mid.map_calls - before.map_calls, 1u);
+  os::release(r + page, 2 * page);
+  auto after = os::memory_snapshot();
+  cr_expect_eq(after.mapped, before.mapped);
+  cr_expect_eq(after.released - before.released, 2 * page);
+  os::fail_after(0);
+  errno = 0;
+  cr_expect_not(os::commit(r + page, page), "fault injection refuses a commit");
+  cr_expect_eq(errno, ENOMEM);
+  os::fail_after(-1);
+  cr_assert(os::commit(r + page, page));
+  cr_expect_eq(r[page], 0, "committed again, the range reads as zero");
+  os::release(r + page, page);
+  os::unreserve(r, size);
+  cr_expect_null(os::reserve(size, page / 2), "an alignment below the page size is refused");
+}
+
 Test(os, machine_facts) {
   cr_expect_eq(os::page_size(), static_cast<size_t>(sysconf(_SC_PAGESIZE)));
   cr_expect_geq(os::cpu_count(), static_cast<unsigned>(sysconf(_SC_NPROCESSORS_ONLN)));

@@ -30,10 +30,8 @@ struct counters {
   uint64_t kept_bytes;       // freed blocks kept mapped for reuse, now
   uint64_t decayed_bytes;    // kept bytes unmapped because nobody reused them in time
 };
-// Unmaps every kept mapping now (low memory, tests); bytes unmapped.
+// Gives every kept byte back now (low memory, tests); bytes given back.
 size_t flush_kept();
-// Unmaps kept mappings older than SYSREF_DECAY_MS (the scavenge's hook).
-void decay();
 counters snapshot();
 
 }  // namespace sysref::kmalloc::large

@@ -103,12 +103,41 @@ void decommit(void *p, size_t size) {
   g.decommitted.fetch_add(size, std::memory_order_relaxed);
 }
 
-bool move_pages(void *from, size_t size, void *dst) {
-  if (::mremap(from, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, dst) == MAP_FAILED) return false;
-  // The bytes at dst were counted when they were mapped; those at from are gone.
-  g.mapped.fetch_sub(size, std::memory_order_relaxed);
+void *reserve(size_t size, size_t align) {
+  const size_t page = page_size();
+  if (size == 0 || size % page != 0 || align < page || (align & (align - 1)) != 0) return nullptr;
+  size_t span = size + align - page;
+  void *raw = ::mmap(nullptr, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  uintptr_t r = reinterpret_cast<uintptr_t>(raw), base = (r + align - 1) & ~(uintptr_t)(align - 1);
+  if (base > r) ::munmap(raw, base - r);
+  if (r + span > base + size) ::munmap(reinterpret_cast<void *>(base + size), r + span - (base + size));
+  return reinterpret_cast<void *>(base);
+}
+
+bool commit(void *p, size_t size) {
+  mark_started();
+  if (!admit() || ::mprotect(p, size, PROT_READ | PROT_WRITE) != 0) {
+    g.refused.fetch_add(1, std::memory_order_relaxed);
+    errno = ENOMEM;
+    return false;
+  }
+  g.map_calls.fetch_add(1, std::memory_order_relaxed);
+  account_mapped(size, use::data);
   return true;
 }
+
+void release(void *p, size_t size) {
+  // A fresh inaccessible mapping over the range drops its pages (and their
+  // commit charge) in one call and keeps the address space reserved.
+  if (::mmap(p, size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED)
+    ::madvise(p, size, MADV_DONTNEED);  // out of mappings: the pages still go; commit() works either way
+  g.unmap_calls.fetch_add(1, std::memory_order_relaxed);
+  g.mapped.fetch_sub(size, std::memory_order_relaxed);
+  g.released.fetch_add(size, std::memory_order_relaxed);
+}
+
+void unreserve(void *p, size_t size) { ::munmap(p, size); }
 
 memory_stats memory_snapshot() {
   auto ld = [](const std::atomic<uint64_t> &a) { return a.load(std::memory_order_relaxed); };

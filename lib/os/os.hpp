@@ -21,11 +21,16 @@ void *map(size_t size, size_t align, use u = use::data);
 void unmap(void *p, size_t size, use u = use::data);
 // Give the physical pages back but keep the range mapped (reads as zero).
 void decommit(void *p, size_t size);
-// Moves the pages of [from, from + size) to dst, replacing what was mapped
-// there (mremap, MREMAP_FIXED): pages already faulted in stay so, without
-// a copy. Both page-aligned, data mappings; false (nothing moved) if the
-// kernel refused.
-bool move_pages(void *from, size_t size, void *dst);
+// Address space without memory, for a heap that places its own blocks:
+// reserve() takes size bytes aligned to align, inaccessible and not counted
+// as mapped; commit() makes a page-aligned part of it usable data (one page
+// request, like map(); false if refused); release() gives a committed part's
+// pages back and makes it inaccessible again, still reserved; unreserve()
+// gives reserved, uncommitted address space back for good.
+void *reserve(size_t size, size_t align);
+bool commit(void *p, size_t size);
+void release(void *p, size_t size);
+void unreserve(void *p, size_t size);
 
 void fail_after(long n);  // n < 0: never refuse
 
