@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
+#include <bit>
 #include <cstring>
 #include <sysref/flags.h>
 
@@ -171,6 +172,20 @@ void free(void *p) {
   if (p && !free_if_mapped(p)) free_other(p);  // reported as foreign (or a large block)
 }
 
+// A block that realloc grew out of its class is likely to grow again (a
+// string built by appends, an array pushed to): it moves to room for a
+// quarter more, never past the next power of two, so a block grown a byte
+// at a time moves about once per three classes instead of every class,
+// and a size class the program moves through leaves fewer blocks behind.
+namespace {
+size_t growth_target(size_t size) {
+  if (size > max_small) return size;
+  size_t roomy = size + size / 4, pow2 = std::bit_ceil(size);
+  size_t target = roomy < pow2 ? roomy : pow2;
+  return target < max_small ? target : max_small;
+}
+}  // namespace
+
 void *realloc(void *p, size_t size, int flags) {
   if (!p) return alloc(size, 0, flags);
   if (size == 0) {
@@ -191,7 +206,7 @@ void *realloc(void *p, size_t size, int flags) {
     if (flags & SR_ZERO) std::memset(static_cast<char *>(p) + size, 0, b.usable - size);
     return p;
   }
-  void *q = alloc(size, 0, flags);
+  void *q = alloc(size > b.usable ? growth_target(size) : size, 0, flags);
   if (!q) return nullptr;  // p untouched
   std::memcpy(q, p, size < b.usable ? size : b.usable);
   free(p);
