@@ -10,10 +10,13 @@
 // (11-15 us on these machines) and a page moved by mremap costs nearly as
 // much on its next touch in a shadow-paged guest.
 //
-// Kept bytes are bounded by the most bytes live at once in the last two
-// decay periods, and a kept range nobody reused for SYSREF_DECAY_MS is
-// released to vacant space (its pages go back to the OS). Vacant space is
-// address space only; it is given back when its list has no room.
+// Kept and live bytes together stay within the most bytes live at once in
+// the last two decay periods (what the recent past needed): a free keeps
+// only what fits under that peak, and new memory is committed only after
+// the kept bytes that would overshoot it were released. A kept range
+// nobody reused for SYSREF_DECAY_MS is released too. Released ranges
+// become vacant space (their pages go back to the OS); vacant space is
+// address space only, given back when its list has no room.
 //
 // One lock, a leaf; the system calls under it (mprotect, mmap over a range
 // the heap owns) wait for no other lock of this library.
@@ -181,6 +184,13 @@ uint64_t budget() {
   return now_peak > b ? now_peak : b;
 }
 
+// The kept bytes that fit under the budget beside the live bytes and
+// `extra` more.
+uint64_t room_beside(size_t extra) {
+  uint64_t used = g.live.load(std::memory_order_relaxed) + extra, b = budget();
+  return b > used ? b - used : 0;
+}
+
 // Releases kept bytes beyond limit, the oldest ranges' top ends first.
 void trim_to(uint64_t limit) {
   while (g.kept.n > 0 && g.kept.bytes > limit) {
@@ -290,7 +300,12 @@ void *take(size_t len, size_t align, os::wait w, uintptr_t *old_start, size_t *o
     // A refused commit is the answer (as a refused map would be); only a
     // heap out of address space falls back to a mapping of its own.
     at = take_kept(len, align, &old, &refused);
-    if (!at && !refused) at = take_vacant(len, align, &refused);
+    if (!at && !refused) {
+      // New memory: kept bytes beyond what the recent peak leaves room for
+      // next to it go first, so the heap's memory stays within that peak.
+      trim_to(room_beside(len));
+      at = take_vacant(len, align, &refused);
+    }
     g.lock.release();
   }
   if (!at && !refused) at = reinterpret_cast<uintptr_t>(os::map(len, align, os::use::data));
@@ -321,7 +336,7 @@ void give(uintptr_t start, size_t len) {
     release(gone.start, gone.len);
     g.kept.insert(start, len, os::coarse_now_ns());
   }
-  trim_to(budget());
+  trim_to(room_beside(0));
   g.lock.release();
 }
 

@@ -17,9 +17,9 @@ namespace sysref::kmalloc::span_heap {
 // hold its data; the rest reads as zero. Under os::wait::no it never waits
 // for the heap's lock (it maps the block on its own instead).
 void *take(size_t len, size_t align, os::wait w, uintptr_t *old_start, size_t *old_len);
-// A freed block (already out of the page map): kept for reuse within the
-// budget (the most bytes live at once in the last two decay periods), or
-// given back.
+// A freed block (already out of the page map): kept for reuse as far as
+// live and kept bytes stay within the most bytes live at once in the last
+// two decay periods, or given back.
 void give(uintptr_t start, size_t len);
 // Gives back every kept byte now; bytes given back.
 size_t flush();
