@@ -147,6 +147,38 @@ Test(slab, stats_add_up) {
   kmalloc_obj_zone_destroy(z);
 }
 
+// start_test (objcache_put's check that a pointer starts an object) agrees
+// with object_index at every 8-byte offset of a slab and one byte either
+// side of each object, for odd, even and power-of-two sizes and alignments.
+Test(slab, start_test_agrees_with_object_index) {
+  static const struct { size_t size, align; } shapes[] = {
+      {8, 0},    {24, 0},   {40, 0},   {64, 0},    {72, 0},     {100, 0},   {200, 64},
+      {448, 0},  {1000, 0}, {1536, 0}, {4096, 0},  {5000, 256}, {65536, 0}, {100000, 0},
+      {262144, 0}, {96, 4096}};
+  for (auto sh : shapes) {
+    kmalloc_zone_t *kz = kmalloc_obj_zone_create("t.starts", sh.size, sh.align, 0);
+    cr_assert_not_null(kz);
+    void *obj = kmalloc_obj(kz, 0);
+    cr_assert_not_null(obj);
+    auto *z = reinterpret_cast<sysref::slab::zone *>(kz);
+    const auto &g = sysref::slab::geometry_of(z);
+    const auto t = sysref::slab::start_test_of(g);
+    uintptr_t slab = reinterpret_cast<uintptr_t>(obj) & ~g.mask;
+    auto agree = [&](uintptr_t p) {
+      return t(p) == (sysref::slab::object_index(g, p) != ~uintptr_t{0});
+    };
+    size_t bad = 0;
+    for (uintptr_t off = 0; off <= g.mask; off += 8) bad += !agree(slab + off);
+    for (uint32_t i = 0; i < g.nobjs; ++i) {
+      uintptr_t p = slab + g.first_offset + i * g.objsize;
+      bad += !agree(p - 1) + !agree(p + 1) + !t(p);
+    }
+    cr_expect_eq(bad, 0u, "size %zu align %zu: %zu disagreements", sh.size, sh.align, bad);
+    kfree_obj(obj, kz);
+    kmalloc_obj_zone_destroy(kz);
+  }
+}
+
 Test(slab, destroy_releases_every_byte) {
   uint64_t before = held_by_zones();
   kmalloc_zone_t *z = kmalloc_obj_zone_create("t.destroy", 512, 0, 0);

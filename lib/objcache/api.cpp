@@ -15,15 +15,17 @@ bool ok(objcache_t *oc) { return oc && C(oc)->magic == sysref::objcache::cache_m
 // handed out again later. The page map answers without touching obj: this
 // is slab::holds, with owner_of's test of the foreign-owner bit left out,
 // because a zone's address never has that bit: an entry that equals the
-// zone is a slab of the zone, and a foreign entry never equals it. NULL
-// needs no test of its own: slabs are aligned to their size (64 KiB at
-// least), so one holding address 0 would start there, and nothing is ever
-// mapped at 0: the page map has no owner for it.
+// zone is a slab of the zone, and a foreign entry never equals it. The
+// object-start test is the cache's copy of the zone's (slab::start_test),
+// in the cache line the put reads anyway. NULL needs no test of its own:
+// slabs are aligned to their size (64 KiB at least), so one holding
+// address 0 would start there, and nothing is ever mapped at 0: the page
+// map has no owner for it.
 bool belongs(objcache_t *oc, void *obj) {
-  const sysref::slab::zone *z = C(oc)->zone;
+  const cache *c = C(oc);
   static_assert(sysref::slab::pagemap::foreign_owner_bit == 1, "zones are at least 2-aligned");
-  return sysref::slab::pagemap::get(reinterpret_cast<uintptr_t>(obj)) == z &&
-         sysref::slab::is_object_start(z, obj);
+  auto p = reinterpret_cast<uintptr_t>(obj);
+  return sysref::slab::pagemap::get(p) == c->zone && c->starts(p);
 }
 
 // The refusals, out of the way of the fast paths.
@@ -34,21 +36,33 @@ bool belongs(objcache_t *oc, void *obj) {
 }  // namespace
 
 namespace sysref::objcache {
-// get_inline's and put_inline's lock mode (objcache.hpp): the slot-locked
-// pop or push, then the slow path.
-void *get_lock_mode(cache *c, int flags) {
+// In rseq mode the usual refusal is a loaded magazine that ran empty (full)
+// while the previous one has rounds (room): once per magazine's worth of
+// gets (puts) when a CPU juggles about a magazine of objects. That swap and
+// the retried section are done here, short of the slow path's set-up.
+void *get_refused(cache *c, int flags) {
+  if (percpu::rseq_mode()) {
+    if (uintptr_t obj; percpu::stack_swap_if(c->loaded_off, true) &&
+                       percpu::stack_pop_rseq(c->fast_word, c->rseq_off, obj))
+      return reinterpret_cast<void *>(obj);
+    return get_slow(c, flags);
+  }
   os::wait w = flags & SR_NOWAIT ? os::wait::no : os::wait::yes;
   if (uintptr_t obj = percpu::stack_pop(c->loaded_off, w); __builtin_expect(obj > percpu::stack_fold_due, 1))
     return reinterpret_cast<void *>(obj);
   return get_slow(c, flags);
 }
 
-void put_lock_mode(cache *c, void *obj) {
-  // Someone sleeps at the limit: this object must be destroyed, not cached.
-  if (__builtin_expect(c->waiters.load(std::memory_order_relaxed) == 0, 1) &&
-      __builtin_expect(percpu::stack_push(c->loaded_off, reinterpret_cast<uintptr_t>(obj),
-                                          os::wait::unless_reentered), 1))
-    return;
+void put_refused(cache *c, void *obj) {
+  // A waiter at the limit sends the object to put_slow (which destroys it)
+  // before any push, as put_inline does.
+  if (c->waiters.load(std::memory_order_relaxed) == 0) {
+    auto o = reinterpret_cast<uintptr_t>(obj);
+    if (percpu::rseq_mode() ? percpu::stack_swap_if(c->loaded_off, false) &&
+                                  percpu::stack_push_rseq(c->fast_word, c->rseq_off, o)
+                            : percpu::stack_push(c->loaded_off, o, os::wait::unless_reentered))
+      return;
+  }
   put_slow(c, obj);
 }
 }  // namespace sysref::objcache

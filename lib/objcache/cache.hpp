@@ -29,9 +29,7 @@ struct depot {
 };
 
 struct cache : cache_head {  // the head first: objcache.hpp reads it inline
-  uint64_t magic;
   char name[32];
-  slab::zone *zone;
   size_t objsize;
   ctor_fn ctor;
   dtor_fn dtor;

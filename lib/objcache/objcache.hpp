@@ -11,11 +11,26 @@
 
 namespace sysref::objcache {
 
-// The start of every cache: what the inline fast paths below need.
+// The start of every cache: what the inline fast paths and the C ABI's
+// checks read, in one cache line. They read nothing in its first word: a
+// cache and its first magazines tend to lie at the same offset in their
+// slabs (both zones start objects after the same header), and a load from
+// the address of the magazine's word modulo 4 KiB waits behind the store
+// that every get and put makes to that word (4K aliasing).
 struct cache_head {
   size_t loaded_off;              // per-CPU slot word of the loaded magazine (previous: +8)
+  uint64_t magic;                 // cache_magic while the cache exists
+  // Where get and put run their restartable sequence: CPU 0's word of the
+  // loaded magazine (CPU n's is n areas on), or, in lock mode, a word that
+  // is always empty (percpu::fast_path_word), so that the sequence refuses
+  // and the out-of-line path takes the slot lock: no mode test inline.
+  uintptr_t fast_word;
   std::atomic<uint32_t> waiters;  // gets sleeping at the object limit
+  int32_t rseq_off;               // percpu::fast_path_rseq_off(), in this line
+  slab::zone *zone;
+  slab::start_test starts;        // of zone's objects: put's check, without touching the zone
 };
+static_assert(sizeof(cache_head) <= 64, "one cache line");
 struct cache;
 
 using ctor_fn = int (*)(void *obj, void *priv, int flags);
@@ -68,10 +83,13 @@ void postfork_child();
 void *get_slow(cache *c, int flags);
 void put_slow(cache *c, void *obj);
 
-// The lock mode's get and put (api.cpp): out of line, so that the rseq fast
-// paths below need no stack frame and end in a return or a tail call.
-void *get_lock_mode(cache *c, int flags);
-void put_lock_mode(cache *c, void *obj);
+// Where get_inline and put_inline go when their sequence refuses (api.cpp):
+// out of line, so that the fast paths need no stack frame and end in a
+// return or a tail call. In lock mode (every call comes here) the
+// slot-locked pop or push; in rseq mode a swap with the previous magazine;
+// then the slow path.
+[[gnu::noinline]] void *get_refused(cache *c, int flags);
+[[gnu::noinline]] void put_refused(cache *c, void *obj);
 
 // get and put, inline for the layers above: one restartable sequence on the
 // loaded magazine. obj must belong to the cache (callers check; see
@@ -79,20 +97,18 @@ void put_lock_mode(cache *c, void *obj);
 // never wait for a lock the interrupted frame may hold (cache.cpp, Signals).
 SR_RSEQ_FN void *get_inline(cache *c, int flags) {
   auto *h = reinterpret_cast<cache_head *>(c);
-  if (!percpu::rseq_mode()) return get_lock_mode(c, flags);
-  if (uintptr_t obj; __builtin_expect(percpu::stack_pop_rseq(h->loaded_off, obj), 1))
+  if (uintptr_t obj; __builtin_expect(percpu::stack_pop_rseq(h->fast_word, h->rseq_off, obj), 1))
     return reinterpret_cast<void *>(obj);
-  return get_slow(c, flags);
+  return get_refused(c, flags);
 }
 
 SR_RSEQ_FN void put_inline(cache *c, void *obj) {
   auto *h = reinterpret_cast<cache_head *>(c);
-  if (!percpu::rseq_mode()) return put_lock_mode(c, obj);
   // Someone sleeps at the limit: this object must be destroyed, not cached.
   if (__builtin_expect(h->waiters.load(std::memory_order_relaxed) == 0, 1) &&
-      __builtin_expect(percpu::stack_push_rseq(h->loaded_off, reinterpret_cast<uintptr_t>(obj)), 1))
+      __builtin_expect(percpu::stack_push_rseq(h->fast_word, h->rseq_off, reinterpret_cast<uintptr_t>(obj)), 1))
     return;
-  put_slow(c, obj);
+  put_refused(c, obj);
 }
 
 }  // namespace sysref::objcache

@@ -97,6 +97,16 @@ bool ensure_init() {
     // 3: an earlier attempt could not map; try again below.
     if (g_state.compare_exchange_strong(s, 1, std::memory_order_acq_rel)) break;
   }
+#if SYSREF_HAVE_RSEQ
+  // Fast paths keep __rseq_offset in 32 bits (fast_path_rseq_off) and run
+  // their section in either mode: a larger offset must not be truncated. It
+  // lies within the thread's static TLS, so this never happens in practice.
+  if (__rseq_offset != static_cast<int32_t>(__rseq_offset)) {
+    g_state.store(3, std::memory_order_release);
+    errno = ENOTSUP;
+    return false;
+  }
+#endif
   unsigned n = os::cpu_count();
   void *base = os::map(size_t{n} << cpu_shift, os::page_size(), os::use::bootstrap);
   if (!base) {

@@ -46,7 +46,8 @@ struct region {
 };
 extern region g_region;  // written once, by ensure_init()
 
-// Maps the region and picks the mode. False (errno ENOMEM) if it cannot map.
+// Maps the region and picks the mode. False (errno ENOMEM) if it cannot map
+// (ENOTSUP: __rseq_offset does not fit in 32 bits; see fast_path_rseq_off).
 bool ensure_init();
 mode current_mode();
 const char *mode_name();
@@ -209,10 +210,16 @@ SR_RSEQ_FN bool stack_push(size_t offset, uintptr_t obj, os::wait w = os::wait::
 }
 
 // For fast paths that keep the lock mode out of line (objcache's get and
-// put): rseq_mode() says whether this process runs rseq sections; the two
-// below are stack_pop and stack_push for rseq mode only, with every refusal
-// (no stack, empty or full, counters to fold) as false: the caller's slow
-// path then calls stack_pop or stack_push, which tell them apart.
+// put), with no mode test of their own: they run the two sections below
+// on fast_path_word(offset) in either mode. In rseq mode that is CPU 0's
+// copy of the slot word (the section adds the CPU's area); in lock mode it
+// is a word of slot 0, which is reserved and stays zero on every CPU, so
+// the section finds no stack and refuses, and the caller's out-of-line path
+// takes the slot lock. Every refusal (no stack, empty or full, counters to
+// fold) is false: the out-of-line path then calls stack_pop or stack_push,
+// which tell them apart. The sections read the CPU from cpu_id_start, which
+// is a possible CPU number even in a thread that has no rseq registered
+// (then the rseq_cs store is ignored and the section simply runs).
 SR_RSEQ_FN bool rseq_mode() {
 #if SYSREF_HAVE_RSEQ
   return __builtin_expect(g_region.m == mode::rseq, 1);
@@ -221,22 +228,29 @@ SR_RSEQ_FN bool rseq_mode() {
 #endif
 }
 
-SR_RSEQ_FN bool stack_pop_rseq(size_t offset, uintptr_t &item) {
+inline uintptr_t fast_path_word(size_t offset) {
+  return g_region.base + (rseq_mode() ? offset : payload_offset);
+}
+// glibc's __rseq_offset, for a fast path to keep beside its word (ensure_init
+// made sure that it fits).
+inline int32_t fast_path_rseq_off() { return static_cast<int32_t>(g_region.rseq_off); }
+
+SR_RSEQ_FN bool stack_pop_rseq(uintptr_t word, int32_t rseq_off, uintptr_t &item) {
 #if SYSREF_HAVE_RSEQ
   static_assert(static_cast<uint32_t>(stack_fold_limit) == 0, "the limit's test reads the high half");
-  return rseq_x86::stack_pop_or_refuse(g_region.rseq_off, g_region.base + offset,
-                                       static_cast<uint32_t>(stack_fold_limit >> 32), stack_pop_delta, item);
+  return rseq_x86::stack_pop_or_refuse(rseq_off, word, static_cast<uint32_t>(stack_fold_limit >> 32),
+                                       stack_pop_delta, item);
 #else
-  (void)offset, (void)item;
+  (void)word, (void)rseq_off, (void)item;
   return false;
 #endif
 }
 
-SR_RSEQ_FN bool stack_push_rseq(size_t offset, uintptr_t obj) {
+SR_RSEQ_FN bool stack_push_rseq(uintptr_t word, int32_t rseq_off, uintptr_t obj) {
 #if SYSREF_HAVE_RSEQ
-  return rseq_x86::stack_push(g_region.rseq_off, g_region.base + offset, stack_push_delta, obj);
+  return rseq_x86::stack_push(rseq_off, word, stack_push_delta, obj);
 #else
-  (void)offset, (void)obj;
+  (void)word, (void)rseq_off, (void)obj;
   return false;
 #endif
 }

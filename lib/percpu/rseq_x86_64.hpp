@@ -2,10 +2,16 @@
 // thread (<sys/rseq.h>: __rseq_offset from the thread pointer).
 //
 // Each critical section stores its descriptor's address in rseq->rseq_cs,
-// reads the CPU id, and ends in exactly one committing store. If the thread
-// is preempted, migrated or signalled before that store, the kernel moves it
-// to the abort handler, which is preceded by the signature glibc registered
-// (RSEQ_SIG, 0x53053053 on x86). The callers loop on abort.
+// reads the CPU number, and ends in exactly one committing store. If the
+// thread is preempted, migrated or signalled before that store, the kernel
+// moves it to the abort handler, which is preceded by the signature glibc
+// registered (RSEQ_SIG, 0x53053053 on x86). The callers loop on abort.
+//
+// The CPU comes from cpu_id_start: inside a section it equals cpu_id (a
+// move to another CPU aborts the section), and unlike cpu_id (-2 there) it
+// is a possible CPU number even in a thread without rseq registered (0, or
+// the last one the kernel wrote), so a section that only reads a word that
+// is always empty can run in lock mode too (percpu.hpp, fast_path_word).
 //
 // Every section addresses a per-CPU word as  base + (cpu << shift)  where
 // base already includes the slot's offset.
@@ -43,7 +49,7 @@ inline constexpr int cpu_shift = 16;  // 64 KiB of slots per CPU
   "leaq 3b(%%rip), %%rax\n\t"                             \
   "movq %%rax, %%fs:8(%[roff])\n\t"                       \
   "1:\n\t"                                                \
-  "movl %%fs:4(%[roff]), %%eax\n\t"                       \
+  "movl %%fs:(%[roff]), %%eax\n\t"                        \
   "shlq $16, %%rax\n\t"                                   \
   "addq %[base], %%rax\n\t"
 
@@ -225,14 +231,19 @@ fold_due:
 // branches on the labels themselves, with no return value to test again.
 // The limit comes as its high half (its low 32 bits are zero: the word
 // reaches it when its high 32 bits reach limit_hi), an immediate compared
-// with the word in memory: no register for it, so a fast path keeps its own
-// arguments in registers for its tail call to the slow path and saves none.
+// with the word's high half in rax (free once it gave the magazine): no
+// register for it, so a fast path keeps its own arguments in registers for
+// its tail call to the slow path and saves none. Not compared in memory:
+// a 4-byte load from inside the 8-byte word the previous get or put just
+// stored is forwarded slowly, and every get would wait for it.
 SR_RSEQ_FN bool stack_pop_or_refuse(ptrdiff_t roff, uintptr_t base, uint32_t limit_hi,
                                     uint64_t pop_delta, uintptr_t &item) {
   asm goto(SR_RSEQ_PROLOGUE
            SR_STACK_LOAD
            "jz %l[mismatch_]\n\t"
-           "cmpl %[limit_hi], 4(%%rcx)\n\t"
+           "movq %%rdx, %%rax\n\t"
+           "shrq $32, %%rax\n\t"
+           "cmpl %[limit_hi], %%eax\n\t"
            "jae %l[mismatch_]\n\t"
            "movq 16(%%rcx,%%r8,8), %[item]\n\t"
            "addq %[delta], %%rdx\n\t"

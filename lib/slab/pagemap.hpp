@@ -42,8 +42,8 @@ extern std::atomic<leaf *> g_top[top_entries];
 // checked free asks.
 inline void *get(uintptr_t addr) {
   using namespace detail;
-  if (addr >> address_bits) return nullptr;
   size_t i = addr >> granule_shift;
+  if (i >> leaf_bits >= top_entries) return nullptr;  // beyond 48 bits (one compare on the index)
   leaf *l = g_top[i >> leaf_bits].load(std::memory_order_acquire);
   return l ? (*l)[i & (leaf_entries - 1)].load(std::memory_order_acquire) : nullptr;
 }

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstddef>
 #include <atomic>
+#include <bit>
 #include <cstdint>
 
 #include <sysref/kmalloc_obj.h>
@@ -51,8 +52,35 @@ inline uintptr_t object_index(const geometry &g, uintptr_t p) {
   return index;
 }
 
+// object_index's test alone, with no multiply-high and no second compare:
+// p is an object start iff rotr((p & mask - first_offset) * inverse, shift)
+// < nobjs, where objsize = odd << shift and inverse * odd == 1 (mod 2^64).
+// The product is the exact quotient by odd when the offset is a multiple
+// of it, and the rotation leaves the quotient by objsize when the low shift
+// bits are zero; any other offset (or one below the first object, which
+// wraps) comes out at least 2^64 / objsize, which is never below nobjs
+// (Hacker's Delight, 10-17). Built once per zone, for hot pointer checks.
+struct start_test {
+  uint64_t inverse;
+  uint32_t mask;          // slabs hold 8 objects of at most max_object: a few MiB
+  uint32_t first_offset;
+  uint32_t nobjs;
+  uint32_t shift;
+  bool operator()(uintptr_t p) const {
+    uint64_t q = ((p & mask) - uintptr_t{first_offset}) * inverse;
+    return std::rotr(q, static_cast<int>(shift)) < nobjs;
+  }
+};
+inline start_test start_test_of(const geometry &g) {
+  uint32_t shift = static_cast<uint32_t>(__builtin_ctzll(g.objsize));
+  uint64_t odd = g.objsize >> shift, inv = odd;  // correct to 3 bits; each step doubles them
+  for (int i = 0; i < 5; ++i) inv *= 2 - odd * inv;
+  return {inv, static_cast<uint32_t>(g.mask), static_cast<uint32_t>(g.first_offset), g.nobjs, shift};
+}
+
 inline constexpr size_t max_object = size_t{256} << 10;
 inline constexpr size_t min_slab = size_t{64} << 10;
+static_assert(max_object * 16 <= UINT32_MAX, "start_test keeps a slab's mask in 32 bits");
 
 // Functions returning int give 0 (or a count) on success, -errno on failure.
 zone *zone_create(const char *name, size_t objsize, size_t align, unsigned flags);
