@@ -17,7 +17,8 @@ namespace sysref::kmalloc {
 // SR_USE_RESERVE. size 0 gives a unique, freeable block. A class's objcache
 // is made on its first request, even under SR_NOWAIT (one-time bookkeeping
 // from the library's own zones, unless another thread is making a class);
-// under SR_NOWAIT a large block is a kept mapping or a map, never a wait.
+// under SR_NOWAIT a large block comes from the span heap if its lock is free
+// at once, else from a map of its own: never a wait.
 void *alloc(size_t size, size_t align, int flags);
 // alloc(size, 0, 0), with the checks of align and flags left out of the
 // fast path (malloc, operator new).

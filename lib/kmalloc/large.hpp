@@ -15,7 +15,7 @@ struct record {
 };
 
 // A block of at least size bytes aligned to align (0 or a power of two).
-// SR_NOWAIT takes a kept mapping only if its lock is free, and may map.
+// SR_NOWAIT uses the span heap only if its lock is free, and may map.
 void *alloc(size_t size, size_t align, int flags);
 // The record of the block whose granules hold p, or nullptr (p may be
 // inside the block: compare record::start).
@@ -25,7 +25,7 @@ bool release(record *r);
 
 struct counters {
   uint64_t allocs, frees, bytes_mapped, bytes_unmapped;  // blocks handed out / given back
-  uint64_t reused;  // allocations served by a kept mapping instead of a new one
+  uint64_t reused;  // allocations served (in part) by kept bytes of freed blocks
   uint64_t peak_live_bytes;  // most bytes in blocks handed out at once
   uint64_t kept_bytes;       // freed blocks kept mapped for reuse, now
   uint64_t decayed_bytes;    // kept bytes unmapped because nobody reused them in time

@@ -173,7 +173,8 @@ struct options {
   bool reap_thread = false;          // reap from a background thread too
   unsigned mag_contention = 3;       // depot waits per interval that grow magazines
   // Memory nobody used for this long goes back (empty slabs in the pool,
-  // idle caches' depots, kept large mappings); 0: as soon as it is free.
+  // idle caches' depots, the kept pages of freed large blocks); 0: as soon as
+  // it is free.
   unsigned decay_ms = 100;
   // Statistics (the report layer and the preload shim).
   enum class stats_format : uint8_t { off, text, json };
