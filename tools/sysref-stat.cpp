@@ -201,7 +201,10 @@ std::vector<std::string> child_environment(const options &o, const std::string &
     std::string_view var = *e;
     auto is = [&](std::string_view name) { return var.substr(0, name.size() + 1) == std::string(name) + "="; };
     if (is("LD_PRELOAD")) {
-      if (var.size() > 11) preload += ":" + std::string(var.substr(11));
+      if (var.size() > 11) {  // appended piecewise: GCC 12's -Wrestrict misfires on ":" + std::string
+        preload += ':';
+        preload.append(var.substr(11));
+      }
     } else if (!is("SYSREF_STATS") && !is("SYSREF_STATS_FILE") && !(o.interval_ms && is("SYSREF_STATS_INTERVAL_MS"))) {
       env.emplace_back(var);
     }

@@ -2,9 +2,9 @@
 // for alignment, or a large mapping) and how a pointer is traced back to its
 // owner through the page map without reading the pointer's memory.
 #include <atomic>
+#include <bit>
 #include <cerrno>
 #include <cstdint>
-#include <bit>
 #include <cstring>
 #include <sysref/flags.h>
 
@@ -172,12 +172,12 @@ void free(void *p) {
   if (p && !free_if_mapped(p)) free_other(p);  // reported as foreign (or a large block)
 }
 
+namespace {
 // A block that realloc grew out of its class is likely to grow again (a
 // string built by appends, an array pushed to): it moves to room for a
 // quarter more, never past the next power of two, so a block grown a byte
 // at a time moves about once per three classes instead of every class,
 // and a size class the program moves through leaves fewer blocks behind.
-namespace {
 size_t growth_target(size_t size) {
   if (size > max_small) return size;
   size_t roomy = size + size / 4, pow2 = std::bit_ceil(size);
