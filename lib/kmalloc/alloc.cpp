@@ -206,6 +206,8 @@ void *realloc(void *p, size_t size, int flags) {
     if (flags & SR_ZERO) std::memset(static_cast<char *>(p) + size, 0, b.usable - size);
     return p;
   }
+  // A large block grows into the free space right after it, with no copy.
+  if (b.kind == block::big && size > b.usable && large::grow_in_place(b.rec, size, flags)) return p;
   void *q = alloc(size > b.usable ? growth_target(size) : size, 0, flags);
   if (!q) return nullptr;  // p untouched
   std::memcpy(q, p, size < b.usable ? size : b.usable);

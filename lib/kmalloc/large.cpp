@@ -38,6 +38,14 @@ slab::zone *records() { return g_records.get(); }
 
 constinit std::atomic<bool> g_hooked{false};
 
+void count_handed_out(size_t len) {
+  uint64_t live = g_count.mapped.fetch_add(len, std::memory_order_relaxed) + len -
+                  g_count.unmapped.load(std::memory_order_relaxed);
+  uint64_t peak = g_count.peak_live.load(std::memory_order_relaxed);
+  while (live > peak && !g_count.peak_live.compare_exchange_weak(peak, live, std::memory_order_relaxed)) {
+  }
+}
+
 void *tagged(record *r) { return reinterpret_cast<void *>(reinterpret_cast<uintptr_t>(r) | pagemap::foreign_owner_bit); }
 
 }  // namespace
@@ -78,12 +86,27 @@ void *alloc(size_t size, size_t align, int flags) {
     return nullptr;
   }
   g_count.allocs.fetch_add(1, std::memory_order_relaxed);
-  uint64_t live = g_count.mapped.fetch_add(len, std::memory_order_relaxed) + len -
-                  g_count.unmapped.load(std::memory_order_relaxed);
-  uint64_t peak = g_count.peak_live.load(std::memory_order_relaxed);
-  while (live > peak && !g_count.peak_live.compare_exchange_weak(peak, live, std::memory_order_relaxed)) {
-  }
+  count_handed_out(len);
   return m;
+}
+
+bool grow_in_place(record *r, size_t size, int flags) {
+  const os::wait w = flags & SR_NOWAIT ? os::wait::no : os::wait::yes;
+  if (size > max_bytes) return false;
+  size_t len = (size + granule - 1) & ~(granule - 1);
+  if (len <= r->len) return true;
+  uintptr_t old_start;
+  size_t old_len;
+  if (!span_heap::grow(r->start, r->len, len, w, &old_start, &old_len)) return false;
+  // The growth joins the block in the page map before the block says so.
+  if (pagemap::set(r->start + r->len, len - r->len, tagged(r), w) != 0) {
+    span_heap::give(r->start + r->len, len - r->len);
+    return false;
+  }
+  if (old_len && (flags & SR_ZERO)) std::memset(reinterpret_cast<void *>(old_start), 0, old_len);
+  count_handed_out(len - r->len);
+  r->len = len;
+  return true;
 }
 
 // Two threads may free one block at once (a double free): records stay

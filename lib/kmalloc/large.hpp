@@ -20,6 +20,9 @@ void *alloc(size_t size, size_t align, int flags);
 // The record of the block whose granules hold p, or nullptr (p may be
 // inside the block: compare record::start).
 record *find(const void *p);
+// Grows r's block in place to at least size bytes (the span heap's room
+// right after it); false if there is none. SR_ZERO zeroes the growth.
+bool grow_in_place(record *r, size_t size, int flags);
 // Unmaps the block; false if another thread is releasing it (a double free).
 bool release(record *r);
 

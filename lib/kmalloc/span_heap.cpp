@@ -320,6 +320,27 @@ void *take(size_t len, size_t align, os::wait w, uintptr_t *old_start, size_t *o
   return reinterpret_cast<void *>(at);
 }
 
+bool grow(uintptr_t start, size_t len, size_t new_len, os::wait w, uintptr_t *old_start, size_t *old_len) {
+  const uintptr_t end = start + len;
+  const size_t extra = new_len - len;
+  bool grown = false;
+  *old_start = end;
+  *old_len = 0;
+  if (!g.lock.acquire(w)) return false;
+  if (int k = g.kept.starting_at(end); k >= 0 && g.kept.v[k].len >= extra) {
+    cut(g.kept, k, end, extra, release);
+    *old_len = extra;
+    grown = true;
+  } else if (int v = g.vacant.starting_at(end); v >= 0 && g.vacant.v[v].len >= extra &&
+                                                os::commit(reinterpret_cast<void *>(end), extra)) {
+    cut(g.vacant, v, end, extra, unreserve_range);
+    grown = true;
+  }
+  g.lock.release();
+  if (grown) note_alloc(extra);
+  return grown;
+}
+
 void give(uintptr_t start, size_t len) {
   g.live.fetch_sub(len, std::memory_order_relaxed);
   // From a signal handler that interrupted the heap, the lock is out of

@@ -17,6 +17,11 @@ namespace sysref::kmalloc::span_heap {
 // hold its data; the rest reads as zero. Under os::wait::no it never waits
 // for the heap's lock (it maps the block on its own instead).
 void *take(size_t len, size_t align, os::wait w, uintptr_t *old_start, size_t *old_len);
+// Grows the block [start, start + len) in place to new_len bytes, from the
+// kept or vacant range right after it; false if neither has the room (or
+// the lock is out of reach under w). [*old_start, *old_start + *old_len):
+// the part of the growth that held an earlier block (the rest reads zero).
+bool grow(uintptr_t start, size_t len, size_t new_len, os::wait w, uintptr_t *old_start, size_t *old_len);
 // A freed block (already out of the page map): kept for reuse as far as
 // live and kept bytes stay within the most bytes live at once in the last
 // two decay periods, or given back.
