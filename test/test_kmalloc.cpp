@@ -1029,9 +1029,12 @@ Test(kmalloc, large_blocks_reuse_their_addresses_and_grow_in_place) {
 // growth zeroed, kept pages of an earlier block included.
 Test(kmalloc, realloc_grows_a_large_block_in_place) {
   km::reclaim();
-  auto *scratch = static_cast<unsigned char *>(sr_malloc(8 * MiB));  // leaves kept pages behind
+  // Leaves kept pages behind, which end half-way through a step: one growth
+  // takes the last of them and vacant space after them.
+  const size_t scratch_size = 8 * MiB + 512 * KiB;
+  auto *scratch = static_cast<unsigned char *>(sr_malloc(scratch_size));
   cr_assert_not_null(scratch);
-  std::memset(scratch, 0xee, 8 * MiB);
+  std::memset(scratch, 0xee, scratch_size);
   sr_free(scratch);
   auto *p = static_cast<unsigned char *>(sr_malloc(1 * MiB));
   cr_assert_not_null(p);

@@ -327,13 +327,16 @@ bool grow(uintptr_t start, size_t len, size_t new_len, os::wait w, uintptr_t *ol
   *old_start = end;
   *old_len = 0;
   if (!g.lock.acquire(w)) return false;
-  if (int k = g.kept.starting_at(end); k >= 0 && g.kept.v[k].len >= extra) {
-    cut(g.kept, k, end, extra, release);
-    *old_len = extra;
-    grown = true;
-  } else if (int v = g.vacant.starting_at(end); v >= 0 && g.vacant.v[v].len >= extra &&
-                                                os::commit(reinterpret_cast<void *>(end), extra)) {
-    cut(g.vacant, v, end, extra, unreserve_range);
+  // Kept bytes right after the block first, then vacant space after those.
+  int k = g.kept.starting_at(end);
+  size_t from_kept = k < 0 ? 0 : g.kept.v[k].len < extra ? g.kept.v[k].len : extra;
+  uintptr_t fresh = end + from_kept;
+  int v = from_kept < extra ? g.vacant.starting_at(fresh) : -1;
+  if (from_kept == extra ||
+      (v >= 0 && g.vacant.v[v].len >= extra - from_kept && os::commit(reinterpret_cast<void *>(fresh), extra - from_kept))) {
+    if (v >= 0) cut(g.vacant, v, fresh, extra - from_kept, unreserve_range);
+    if (from_kept) cut(g.kept, k, end, from_kept, release);
+    *old_len = from_kept;
     grown = true;
   }
   g.lock.release();
