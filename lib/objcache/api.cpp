@@ -89,7 +89,7 @@ void objcache_put(objcache_t *oc, void *obj) {
 }
 
 void objcache_dtor(objcache_t *oc, void *obj) {
-  if (!ok(oc) || !obj || !belongs(oc, obj))
+  if (__builtin_expect(!ok(oc) || !belongs(oc, obj), 0))
     return refuse("objcache_dtor: object not from this cache", oc, obj);
   sysref::objcache::put_unconstructed(C(oc), obj);
 }

@@ -153,18 +153,18 @@ uintptr_t as_word(magazine *m) { return reinterpret_cast<uintptr_t>(m); }
 // class. Two per CPU cover a producer/consumer hand-off.
 size_t depot_cap() { return 2 * size_t{percpu::ncpus()} + 2; }
 
-// No get took a full magazine from the depot for SYSREF_DECAY_MS (lock
-// held): what comes in is not being recycled. A program that frees a batch
-// and allocates it again keeps its depot warm, and so keeps the batch.
+// No get took a full magazine from the depot for the cache's idle period
+// (lock held): what comes in is not being recycled. A program that frees a
+// batch and allocates it again keeps its depot warm, and so keeps the batch.
 bool cold(const cache *c) {
   uint64_t now = os::coarse_now_ns();  // under the lock: never before last_take_ns
-  return now - c->dep.last_take_ns >= uint64_t{os::opts().decay_ms} * 1000000u;
+  return now - c->dep.last_take_ns >= idle_after_ns(c);
 }
 
 // Trades the slot's previous magazine for m: {loaded, prev} -> {m, loaded}.
 // On success the old previous magazine goes to the depot (lock held), or,
 // full while the depot already holds depot_cap full ones of a cache without
-// a ctor from which no get took a magazine for SYSREF_DECAY_MS, to *excess,
+// a ctor from which no get took a magazine for its idle period, to *excess,
 // for the caller to give back to the slab layer once the lock is dropped.
 bool exchange(cache *c, magazine *m, os::wait w, magazine **excess = nullptr) {
   unsigned cpu = percpu::current_cpu();

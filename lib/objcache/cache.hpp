@@ -82,12 +82,24 @@ bool pull_cached_into_depot(cache *c, os::wait w);
 void *spill_take(cache *c);
 size_t spill_drain(cache *c);  // destructs them; bytes given back
 
-// Empties the depots of caches that no get reached for SYSREF_DECAY_MS
-// (their objects go back to the slabs, and the slabs to the pool that every
-// zone draws on), then ticks the slab layer's decay and the layer above's
-// hook. maybe_scavenge: at most every SYSREF_DECAY_MS / 4, only where no
-// library lock is held, and only caches without a dtor (a program's dtor
-// must not run inside an unrelated allocation); the reaper does them all.
+// How long a cache's depot goes untouched by gets before the cache counts
+// as idle: SYSREF_DECAY_MS, or an eighth of it for a cache without a ctor.
+// Such a cache's objects are only memory, and one cached in a size class
+// the program has left pins a whole slab that every other class could use
+// (a string grown through the classes leaves a few magazines in each).
+inline constexpr uint64_t ctorless_idle_divisor = 8;
+inline uint64_t idle_after_ns(const cache *c) {
+  uint64_t delay = uint64_t{os::opts().decay_ms} * 1000000u;
+  return c->ctor ? delay : delay / ctorless_idle_divisor;
+}
+
+// Empties the depots and CPU magazines of idle caches (their objects go
+// back to the slabs, and the slabs to the pool that every zone draws on),
+// then ticks the slab layer's decay and the layer above's hook.
+// maybe_scavenge: twice per idle period of a cache without a ctor, only
+// where no library lock is held, and only caches without a dtor (a
+// program's dtor must not run inside an unrelated allocation); the reaper
+// does them all.
 void maybe_scavenge();
 void scavenge(bool with_dtors);
 

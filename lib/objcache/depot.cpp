@@ -68,7 +68,6 @@ void for_each_cache(F f) {
 }
 
 constinit std::atomic<uint64_t> g_next_scavenge{0};
-constexpr uint64_t idle_fraction = 8;  // of SYSREF_DECAY_MS, for caches without a ctor
 constinit std::atomic<void (*)()> g_decay_hook{nullptr};
 
 void *reaper_main(void *) {
@@ -261,23 +260,18 @@ size_t reclaim_all() {
 }
 
 void scavenge(bool with_dtors) {
-  uint64_t delay = uint64_t{os::opts().decay_ms} * 1000000u;
   for_each_cache([&](cache *c) {
     if ((c->dtor && !with_dtors) || !c->dep.lock.try_acquire()) return;  // busy: it is not idle
     magazine *chain = nullptr;
     depot &d = c->dep;
     uint64_t now = os::coarse_now_ns();  // under the lock: never before last_get_ns
-    // Objects of a cache without a ctor are only memory, and one cached in a
-    // size class the program has left pins a whole slab that every other
-    // class could use (a string grown through the classes leaves a few
-    // magazines in each): such a cache is idle after an eighth of the delay.
-    if (now - d.last_get_ns >= (c->ctor ? delay : delay / idle_fraction)) {
+    if (now - d.last_get_ns >= idle_after_ns(c)) {
       c->reaped.fetch_add(d.full_rounds, std::memory_order_relaxed);
       take_n(d.full, d.nfull, d.nfull, chain);
       take_n(d.empty, d.nempty, d.nempty, chain);
       d.full_rounds = 0;
       d.min_full = d.min_empty = 0;
-      // The CPUs' magazines too: no get came this far for a whole delay, so
+      // The CPUs' magazines too: no get came this far for a whole period, so
       // they are what is left of a size the program has moved on from (or
       // all a busy CPU needs, and it refills them with one depot trip).
       take_slot_magazines(c, [&](magazine *m) {
@@ -299,7 +293,7 @@ void maybe_scavenge() {
   uint64_t now = os::coarse_now_ns(), due = g_next_scavenge.load(std::memory_order_relaxed);
   if (now < due) return;
   // Twice per idle period of a cache without a ctor.
-  uint64_t step = uint64_t{os::opts().decay_ms} * 1000000u / (2 * idle_fraction);
+  uint64_t step = uint64_t{os::opts().decay_ms} * 1000000u / (2 * ctorless_idle_divisor);
   if (!g_next_scavenge.compare_exchange_strong(due, now + (step > 1000000u ? step : 1000000u),
                                                std::memory_order_relaxed))
     return;  // another thread scavenges

@@ -25,6 +25,14 @@ bool parse_count(const char *s, unsigned *out) {
   return true;
 }
 
+// Milliseconds, from min up to an hour.
+bool parse_ms(const char *s, long min, unsigned *out) {
+  long n;
+  if (!parse_long(s, &n) || n < min || n > 3600000) return false;
+  *out = static_cast<unsigned>(n);
+  return true;
+}
+
 // A signal by number, or by name with or without "SIG" (USR2, SIGUSR2);
 // 0 or "none": no signal.
 bool parse_signal(const char *s, int *out) {
@@ -81,13 +89,7 @@ constexpr entry table[] = {
      [](options &o, const char *v) { return parse_long(v, &o.fault_after); }},
     {"SYSREF_SPARE_LOW", [](options &o, const char *v) { return parse_count(v, &o.spare_low); }},
     {"SYSREF_SPARE_HIGH", [](options &o, const char *v) { return parse_count(v, &o.spare_high); }},
-    {"SYSREF_REAP_INTERVAL_MS",
-     [](options &o, const char *v) {
-       long n;
-       if (!parse_long(v, &n) || n < 1 || n > 3600000) return false;
-       o.reap_interval_ms = static_cast<unsigned>(n);
-       return true;
-     }},
+    {"SYSREF_REAP_INTERVAL_MS", [](options &o, const char *v) { return parse_ms(v, 1, &o.reap_interval_ms); }},
     {"SYSREF_REAP_THREAD",
      [](options &o, const char *v) {
        if (!std::strcmp(v, "1")) o.reap_thread = true;
@@ -95,13 +97,7 @@ constexpr entry table[] = {
        else return false;
        return true;
      }},
-    {"SYSREF_DECAY_MS",
-     [](options &o, const char *v) {
-       long n;
-       if (!parse_long(v, &n) || n < 0 || n > 3600000) return false;
-       o.decay_ms = static_cast<unsigned>(n);
-       return true;
-     }},
+    {"SYSREF_DECAY_MS", [](options &o, const char *v) { return parse_ms(v, 0, &o.decay_ms); }},
     {"SYSREF_MAG_CONTENTION", [](options &o, const char *v) { return parse_count(v, &o.mag_contention); }},
     {"SYSREF_STATS",
      [](options &o, const char *v) {
@@ -120,13 +116,7 @@ constexpr entry table[] = {
        return true;
      }},
     {"SYSREF_STATS_SIGNAL", [](options &o, const char *v) { return parse_signal(v, &o.stats_signal); }},
-    {"SYSREF_STATS_INTERVAL_MS",
-     [](options &o, const char *v) {
-       long n;
-       if (!parse_long(v, &n) || n < 0 || n > 3600000) return false;
-       o.stats_interval_ms = static_cast<unsigned>(n);
-       return true;
-     }},
+    {"SYSREF_STATS_INTERVAL_MS", [](options &o, const char *v) { return parse_ms(v, 0, &o.stats_interval_ms); }},
 };
 
 options load() {
