@@ -6,7 +6,8 @@
 // active slab's remote frees, its locked free list or its unused tail;
 // otherwise bind another slab to the CPU (partial, spare, reserve, or one
 // mapped now) and retire the exhausted one. After the lock is dropped the
-// caller may map spare slabs ahead of demand (proactive refill).
+// caller may map spare slabs ahead of demand (proactive refill), once the
+// zone has needed a second slab.
 // SR_NOWAIT takes every lock only if it is free at once; a free never waits
 // for the zone lock (the deferred stack, zone.hpp).
 #include <cerrno>
@@ -222,7 +223,10 @@ void *alloc_slow(zone *z, int flags) {
     }
     break;
   }
-  refill = refill && z->on(where::spare).count < z->spare_low;
+  // Spares start with a zone's second slab from the OS: a spare's header
+  // page is memory, and a zone that never outgrew one slab (a size class a
+  // program touches a few times) would keep pages it never uses.
+  refill = refill && z->on(where::spare).count < z->spare_low && z->sync_maps + z->proactive_maps >= 2;
   z->lock.release();
 
   release_chain(z, to_release, w);
