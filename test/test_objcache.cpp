@@ -562,13 +562,15 @@ Test(objcache, stats_snapshots_stay_within_what_exists, .timeout = 60) {
   objcache_destroy(oc);
 }
 
-// Issue 6, defect 7a: objcache(3) states the starting magazine size by
-// object size (63 rounds up to 512 bytes, 31 up to 4096, 15 above).
-Test(objcache, new_caches_start_with_magazines_of_63_31_or_15_rounds) {
+// objcache(3) states the starting magazine size by object size: 63 rounds
+// up to 256 bytes, then about 16 KiB of objects per magazine (31 up to 512,
+// 15 up to 1024, 7 up to 2048), and 3 above.
+Test(objcache, new_caches_start_with_magazines_of_about_16_kib) {
   struct {
     size_t size;
     uint64_t rounds;
-  } expect[] = {{16, 63}, {64, 63}, {512, 63}, {513, 31}, {4096, 31}, {4097, 15}};
+  } expect[] = {{16, 63},  {64, 63},   {256, 63},  {257, 31},  {512, 31},  {513, 15},
+                {1024, 15}, {1025, 7}, {2048, 7}, {2049, 3}, {4096, 3}, {65536, 3}};
   for (auto e : expect) {
     objcache_t *oc = objcache_create("t.magsize", e.size, 0, nullptr, nullptr, nullptr, 0, 0);
     cr_assert_not_null(oc);
@@ -780,6 +782,47 @@ Test(objcache, an_idle_cache_gives_its_depot_back) {
   cr_expect_lt(data_mapped(), held - 4000000, "and its slabs went back to the OS");
   objcache_destroy(busy);
   objcache_destroy(idle);
+}
+
+// A cache whose gets all come from the CPUs' magazines never visits its
+// depot, yet it is in use: the scavenge sees its count of gets move and
+// leaves its magazines alone (taking them costs each CPU a fence, and the
+// next gets would make the objects again). Once the gets stop, the next
+// idle period takes them.
+Test(objcache, a_cache_served_by_its_magazines_keeps_them_while_in_use) {
+  pin(0);
+  objcache_t *used = objcache_create("t.inuse", 64, 0, nullptr, nullptr, nullptr, 0, 0);
+  objcache_t *busy = objcache_create("t.driver", 64, 0, nullptr, nullptr, nullptr, 0, 0);
+  void *ring[10];
+  auto cycle_used = [&] {
+    for (void *&p : ring) p = objcache_get(used, 0);
+    for (void *p : ring) objcache_put(used, p);
+  };
+  auto drive_scavenges = [&] {  // depot trips of another cache run the scavenge
+    std::vector<void *> v;
+    for (int j = 0; j < 500; ++j) v.push_back(objcache_get(busy, 0));
+    for (void *p : v) objcache_put(busy, p);
+  };
+  cycle_used();
+  uint64_t made = stats_of(used).slab_allocs;
+  // Ten idle periods of a cache without a ctor (SYSREF_DECAY_MS / 8 each).
+  uint64_t until = sysref::os::coarse_now_ns() + 10 * uint64_t{sysref::os::opts().decay_ms} * 1000000u / 8;
+  while (sysref::os::coarse_now_ns() < until) {
+    cycle_used();
+    drive_scavenges();
+    usleep(1000);
+  }
+  struct objcache_stats s = stats_of(used);
+  cr_expect_eq(s.reaped, 0u, "a cache in use lost %lu cached objects", static_cast<unsigned long>(s.reaped));
+  cr_expect_eq(s.slab_allocs, made, "and made its objects again");
+  until = sysref::os::coarse_now_ns() + 10 * uint64_t{sysref::os::opts().decay_ms} * 1000000u / 8;
+  while (sysref::os::coarse_now_ns() < until && stats_of(used).cached > 0) {
+    drive_scavenges();
+    usleep(1000);
+  }
+  cr_expect_eq(stats_of(used).cached, 0u, "idle, it gave its magazines back");
+  objcache_destroy(busy);
+  objcache_destroy(used);
 }
 
 // A cache without a ctor keeps only a few full magazines in its depot (two

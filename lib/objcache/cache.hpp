@@ -24,7 +24,8 @@ struct depot {
   size_t min_full = 0, min_empty = 0; // fewest seen this interval: the unneeded
   uint64_t interval_start = 0;        // ns
   uint64_t waits_this_interval = 0;   // lock acquisitions that had to wait
-  uint64_t last_get_ns = 0;           // a get last came to the depot (scavenge)
+  uint64_t last_get_ns = 0;           // a get last came to the depot, or was seen (scavenge)
+  uint64_t gets_seen = 0;             // the cache's gets at the last scavenge
   uint64_t last_take_ns = 0;          // a get last took a full magazine (the cap)
 };
 

@@ -38,8 +38,12 @@ void take_n(magazine *&list, size_t &count, size_t n, magazine *&chain) {
 
 constinit uint64_t g_next_serial = 1;
 
+// registry_remove sets this bit in pins before it waits for them to drain:
+// the last unpin wakes it, and an unpin with no one waiting makes no call.
+constexpr uint32_t pin_waiter = uint32_t{1} << 31;
+
 void unpin(cache *c) {
-  if (c->pins.fetch_sub(1, std::memory_order_release) == 1) os::futex_wake(&c->pins, 1 << 30);
+  if (c->pins.fetch_sub(1, std::memory_order_release) == (pin_waiter | 1)) os::futex_wake(&c->pins, 1 << 30);
 }
 
 // Calls f on every registered cache, newest first, with the cache pinned
@@ -259,12 +263,72 @@ size_t reclaim_all() {
   return bytes;
 }
 
+namespace {
+
+// A CPU's {loaded, previous} pair as of one moment: swaps rewrite both
+// together, so read until two readings agree.
+void slot_pair(cache *c, unsigned cpu, magazine *pair[2]) {
+  uintptr_t a, b;
+  do {
+    a = percpu::peek(cpu, c->loaded_off);
+    b = percpu::peek(cpu, c->prev_off());
+  } while (a != percpu::peek(cpu, c->loaded_off) || b != percpu::peek(cpu, c->prev_off()));
+  pair[0] = reinterpret_cast<magazine *>(a);
+  pair[1] = reinterpret_cast<magazine *>(b);
+}
+
+struct snapshot {
+  uint64_t gets = 0, puts = 0, cached = 0;
+};
+
+// Every slot magazine, the folded totals, the depot and the spill slots, as
+// of one reading (depot lock held). Under the lock no magazine enters or
+// leaves a slot (only loaded and previous swap) and none is freed, so
+// reading them is safe. Each magazine word is read once, and its gets, puts
+// and rounds all come from that one reading: a get/put pair that runs on one
+// CPU while the reader looks elsewhere changes both sums or neither. So the
+// snapshot is off only through threads that move between CPUs while it is
+// read (at most one object per move), never by the number of operations (a
+// reader preempted for a millisecond used to count every pair of that
+// millisecond as live).
+snapshot read_counts(cache *c) {
+  snapshot s;
+  for (unsigned cpu = 0; cpu < percpu::ncpus(); ++cpu) {
+    magazine *pair[2];
+    slot_pair(c, cpu, pair);
+    for (magazine *m : pair) {
+      if (!m) continue;
+      // Acquire: the check of folds_begun after this reading stays after it.
+      uint64_t w = __atomic_load_n(&m->word, __ATOMIC_ACQUIRE);
+      s.gets += gets_of(w);
+      s.puts += puts_of(w);
+      s.cached += rounds_of(w);
+    }
+  }
+  s.gets += c->gets.load(std::memory_order_acquire);
+  s.puts += c->puts.load(std::memory_order_acquire);
+  s.cached += c->dep.full_rounds;
+  for (auto &slot : c->spill) s.cached += slot.load(std::memory_order_relaxed) != nullptr;
+  return s;
+}
+
+}  // namespace
+
 void scavenge(bool with_dtors) {
   for_each_cache([&](cache *c) {
     if ((c->dtor && !with_dtors) || !c->dep.lock.try_acquire()) return;  // busy: it is not idle
     magazine *chain = nullptr;
     depot &d = c->dep;
     uint64_t now = os::coarse_now_ns();  // under the lock: never before last_get_ns
+    // Gets that the CPUs' magazines served never reach the depot: a class
+    // whose working set fits in them looks idle from here. Its count of gets
+    // still moves, and a cache in use keeps its magazines (taking them costs
+    // each CPU a fence, and their objects would be made again at once).
+    uint64_t gets = read_counts(c).gets;
+    if (gets != d.gets_seen) {
+      d.gets_seen = gets;
+      d.last_get_ns = now;
+    }
     if (now - d.last_get_ns >= idle_after_ns(c)) {
       c->reaped.fetch_add(d.full_rounds, std::memory_order_relaxed);
       take_n(d.full, d.nfull, d.nfull, chain);
@@ -332,59 +396,13 @@ void registry_remove(cache *c) {
       }
   }
   // No walker can pin it now; wait for those that did.
-  while (uint32_t pins = c->pins.load(std::memory_order_acquire)) os::futex_wait(&c->pins, pins);
-}
-
-namespace {
-
-// A CPU's {loaded, previous} pair as of one moment: swaps rewrite both
-// together, so read until two readings agree.
-void slot_pair(cache *c, unsigned cpu, magazine *pair[2]) {
-  uintptr_t a, b;
-  do {
-    a = percpu::peek(cpu, c->loaded_off);
-    b = percpu::peek(cpu, c->prev_off());
-  } while (a != percpu::peek(cpu, c->loaded_off) || b != percpu::peek(cpu, c->prev_off()));
-  pair[0] = reinterpret_cast<magazine *>(a);
-  pair[1] = reinterpret_cast<magazine *>(b);
-}
-
-struct snapshot {
-  uint64_t gets = 0, puts = 0, cached = 0;
-};
-
-// Every slot magazine, the folded totals, the depot and the spill slots, as
-// of one reading (depot lock held). Under the lock no magazine enters or
-// leaves a slot (only loaded and previous swap) and none is freed, so
-// reading them is safe. Each magazine word is read once, and its gets, puts
-// and rounds all come from that one reading: a get/put pair that runs on one
-// CPU while the reader looks elsewhere changes both sums or neither. So the
-// snapshot is off only through threads that move between CPUs while it is
-// read (at most one object per move), never by the number of operations (a
-// reader preempted for a millisecond used to count every pair of that
-// millisecond as live).
-snapshot read_counts(cache *c) {
-  snapshot s;
-  for (unsigned cpu = 0; cpu < percpu::ncpus(); ++cpu) {
-    magazine *pair[2];
-    slot_pair(c, cpu, pair);
-    for (magazine *m : pair) {
-      if (!m) continue;
-      // Acquire: the check of folds_begun after this reading stays after it.
-      uint64_t w = __atomic_load_n(&m->word, __ATOMIC_ACQUIRE);
-      s.gets += gets_of(w);
-      s.puts += puts_of(w);
-      s.cached += rounds_of(w);
-    }
+  uint32_t pins = c->pins.fetch_or(pin_waiter, std::memory_order_acquire) | pin_waiter;
+  while (pins != pin_waiter) {
+    os::futex_wait(&c->pins, pins);
+    pins = c->pins.load(std::memory_order_acquire);
   }
-  s.gets += c->gets.load(std::memory_order_acquire);
-  s.puts += c->puts.load(std::memory_order_acquire);
-  s.cached += c->dep.full_rounds;
-  for (auto &slot : c->spill) s.cached += slot.load(std::memory_order_relaxed) != nullptr;
-  return s;
 }
 
-}  // namespace
 
 int stats(cache *c, struct objcache_stats *out) {
   if (!c || c->magic != cache_magic || !out) return -EINVAL;

@@ -15,8 +15,9 @@ constexpr size_t bytes_for(unsigned index) { return sizeof(magazine) + mag_sizes
 constinit slab::lazy_zone g_zones[mag_size_count] = {
     {{}, "sysref.magazines", bytes_for(0), 64}, {{}, "sysref.magazines", bytes_for(1), 64},
     {{}, "sysref.magazines", bytes_for(2), 64}, {{}, "sysref.magazines", bytes_for(3), 64},
-    {{}, "sysref.magazines", bytes_for(4), 64}};
-static_assert(mag_size_count == 5, "one lazy zone per magazine size");
+    {{}, "sysref.magazines", bytes_for(4), 64}, {{}, "sysref.magazines", bytes_for(5), 64},
+    {{}, "sysref.magazines", bytes_for(6), 64}};
+static_assert(mag_size_count == 7, "one lazy zone per magazine size");
 
 }  // namespace
 

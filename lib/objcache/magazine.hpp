@@ -22,14 +22,22 @@ static_assert(sizeof(magazine) == 24, "items start at +24, where percpu expects 
 inline void **items(magazine *m) { return reinterpret_cast<void **>(m + 1); }
 
 // Capacities grow through this table under depot contention (libumem's rule).
-inline constexpr uint32_t mag_sizes[] = {15, 31, 63, 127, 255};
+inline constexpr uint32_t mag_sizes[] = {3, 7, 15, 31, 63, 127, 255};
 inline constexpr unsigned mag_size_count = sizeof mag_sizes / sizeof mag_sizes[0];
 
-// Where a cache starts: small objects get magazines big enough that a CPU
-// juggling 64 of them stays off the depot (two 63-round magazines reach a
-// steady state with no depot trips), large ones small magazines, so a CPU
-// caches at most about 2 * rounds * size of a cache.
-inline unsigned initial_mag_index(size_t objsize) { return objsize <= 512 ? 2 : objsize <= 4096 ? 1 : 0; }
+// Where a cache starts: the largest magazine with (rounds + 1) * size at
+// most mag_start_bytes, and never more than 63 rounds: 63 up to 256 bytes,
+// 31 up to 512, 15 up to 1 KiB, 7 up to 2 KiB, 3 above. Two 63-round
+// magazines let a CPU juggle 64 small objects with no depot trips; bounding
+// bytes for larger objects keeps a program that uses many classes of them
+// lean (a CPU caches about 2 * 16 KiB of each) until contention grows them.
+inline constexpr size_t mag_start_bytes = size_t{16} << 10;
+inline constexpr unsigned mag_start_max = 4;  // 63 rounds
+inline unsigned initial_mag_index(size_t objsize) {
+  unsigned i = mag_start_max;
+  while (i > 0 && (mag_sizes[i] + 1) * objsize > mag_start_bytes) --i;
+  return i;
+}
 
 inline uint64_t word_of(const magazine *m) { return __atomic_load_n(&m->word, __ATOMIC_RELAXED); }
 inline uint32_t rounds_of(uint64_t w) { return static_cast<uint32_t>(w & percpu::stack_count_mask); }
