@@ -28,10 +28,6 @@ constexpr int get_flags = SR_NOWAIT | SR_USE_RESERVE;  // what objcache::get tak
 // and a free that finds either mark there is a second free (a live block
 // matches by chance with probability 2^-64 per free).
 inline uintptr_t &mark_word(void *p) { return static_cast<uintptr_t *>(p)[1]; }
-inline bool marked_free(const size_class &c, void *p) {
-  uintptr_t x = mark_word(p) ^ reinterpret_cast<uintptr_t>(p);
-  return x == c.key || x == c.slab_key;
-}
 // The block leaves for the program: no mark.
 inline void *handed_out(void *p) {
   if (__builtin_expect(p != nullptr, 1)) mark_word(p) = 0;
@@ -46,10 +42,12 @@ inline void *handed_out(void *p) {
   errno = saved;
 }
 
-// The free of a small block of class c: marked, then cached (never twice).
-inline void free_small(size_class &c, objcache::cache *oc, void *p) {
-  if (__builtin_expect(marked_free(c, p), 0)) return double_free(p);
-  mark_word(p) = c.key ^ reinterpret_cast<uintptr_t>(p);
+// The free of a small block whose class has these keys: marked, then
+// cached (never twice).
+inline void free_small(uint64_t key, uint64_t slab_key, objcache::cache *oc, void *p) {
+  uintptr_t x = mark_word(p) ^ reinterpret_cast<uintptr_t>(p);
+  if (__builtin_expect(x == key || x == slab_key, 0)) return double_free(p);
+  mark_word(p) = key ^ reinterpret_cast<uintptr_t>(p);
   objcache::put_inline(oc, p);
 }
 
@@ -117,7 +115,7 @@ bool usable(const block &b) { return b.kind == block::small || b.kind == block::
     ~restore() { errno = v; }
   } keep{saved};
   block b = locate(p);
-  if (b.kind == block::small) free_small(*b.cls, b.cls->cache.load(std::memory_order_relaxed), p);
+  if (b.kind == block::small) free_small(b.cls->key, b.cls->slab_key, b.cls->cache.load(std::memory_order_relaxed), p);
   else if (b.kind == block::big) {
     if (!large::release(b.rec)) bad_pointer(b, p, "sr_free: double free of a large block", nullptr);
   } else
@@ -142,10 +140,11 @@ void *alloc_plain(size_t size) {
   return alloc_other(size, 0, 0);
 }
 
-// The page map, then one zone line (the geometry: layout, tag and the
-// class's objcache), then the cache: three dependent loads before the push.
-// The class line (zone, keys) and the block's word 1 are read beside them,
-// off that chain: they only decide predicted branches.
+// The page map, then one zone line (layout, tag, the class's objcache and
+// both keys), then the cache's head (its object-start test and the fast
+// path's words): three dependent loads before the push. A zone carries a
+// tag only when kmalloc made it for a class (set_tag, once), so a tag in
+// range names the class, its cache and its key.
 bool free_if_mapped(void *p) {
   auto a = reinterpret_cast<uintptr_t>(p);
   auto owner = reinterpret_cast<uintptr_t>(slab::pagemap::get(a));
@@ -153,15 +152,11 @@ bool free_if_mapped(void *p) {
   // The fast path touches no errno; the slow paths (objcache::put_slow,
   // free_other) preserve it themselves, as free must.
   if (__builtin_expect(!(owner & slab::pagemap::foreign_owner_bit), 1)) {
-    auto *z = reinterpret_cast<const slab::zone *>(owner);
-    const slab::geometry &g = slab::geometry_of(z);
-    unsigned i = g.tag - 1u;  // 0: another layer's zone
-    if (__builtin_expect(i < num_classes && slab::object_index(g, a) != ~uintptr_t{0}, 1)) {
-      size_class &c = g_classes[i];
-      if (__builtin_expect(c.zone == z, 1)) {  // the class names the zone back
-        free_small(c, static_cast<objcache::cache *>(g.upper), p);
-        return true;
-      }
+    const slab::geometry &g = slab::geometry_of(reinterpret_cast<const slab::zone *>(owner));
+    auto *oc = static_cast<objcache::cache *>(g.upper);
+    if (__builtin_expect(g.tag - 1u < num_classes && objcache::starts_object(oc, a), 1)) {  // tag 0 wraps
+      free_small(g.upper_key, g.secret, oc, p);
+      return true;
     }
   }
   free_other(p);  // a large block, another layer's zone, an interior pointer

@@ -97,8 +97,9 @@ objcache::cache *create_class(unsigned index, int flags) {
   c.zone = objcache::zone_of(oc);
   c.key = free_key();
   c.slab_key = slab::free_secret(c.zone);  // odd (os::random_seed): never the even key
-  // free() finds the class from any of its pointers: page map -> zone -> tag.
-  slab::set_tag(c.zone, index + 1, oc);
+  // free() finds the class from any of its pointers: page map -> zone ->
+  // tag, cache and key, all in the zone's first line.
+  slab::set_tag(c.zone, index + 1, oc, c.key);
   c.cache.store(oc, std::memory_order_release);
   return oc;
 }

@@ -102,6 +102,12 @@ SR_RSEQ_FN void *get_inline(cache *c, int flags) {
   return get_refused(c, flags);
 }
 
+// Whether p is the start of one of c's objects (p inside one of its slabs),
+// from the head's line only.
+inline bool starts_object(const cache *c, uintptr_t p) {
+  return reinterpret_cast<const cache_head *>(c)->starts(p);
+}
+
 SR_RSEQ_FN void put_inline(cache *c, void *obj) {
   auto *h = reinterpret_cast<cache_head *>(c);
   // Someone sleeps at the limit: this object must be destroyed, not cached.

@@ -24,7 +24,9 @@ struct geometry {
   uint32_t tag;          // the layer above's (kmalloc: class index + 1); 0 = none (zones start zeroed)
   uint64_t secret;       // free marker: a free object's word 1 is secret ^ its address (odd)
   void *upper;           // the layer above's pointer (kmalloc: the class's objcache); set with tag
+  uint64_t upper_key;    // the layer above's own free mark (kmalloc: the class's key); set with tag
 };
+static_assert(sizeof(geometry) == 64, "a free reads one line of its zone");
 
 struct zone;
 
@@ -33,8 +35,9 @@ inline const geometry &geometry_of(const zone *z) { return *reinterpret_cast<con
 // 64-byte aligned), so a free finds its owner from the line it reads anyway.
 inline uint32_t tag_of(const zone *z) { return geometry_of(z).tag; }
 inline void *upper_of(const zone *z) { return geometry_of(z).upper; }
-inline void set_tag(zone *z, uint32_t tag, void *upper) {
+inline void set_tag(zone *z, uint32_t tag, void *upper, uint64_t upper_key) {
   reinterpret_cast<geometry *>(z)->upper = upper;
+  reinterpret_cast<geometry *>(z)->upper_key = upper_key;
   reinterpret_cast<geometry *>(z)->tag = tag;
 }
 // The word a free object of z holds at +8 is this secret ^ its address
