@@ -204,7 +204,9 @@ Test(objcache, reaping_returns_what_the_working_set_left_unused, .init = fast_re
   pin(0);
   objcache_t *oc = widgets();
   std::vector<void *> v;
-  for (int i = 0; i < 3000; ++i) v.push_back(objcache_get(oc, 0));
+  // Magazines of widgets hold 255 (objcache(3)): a burst of 12000 fills
+  // about 45 of them.
+  for (int i = 0; i < 12000; ++i) v.push_back(objcache_get(oc, 0));
   for (void *p : v) objcache_put(oc, p);  // a burst: the depot fills
   v.clear();
   struct objcache_stats s0 = stats_of(oc);
@@ -214,12 +216,12 @@ Test(objcache, reaping_returns_what_the_working_set_left_unused, .init = fast_re
   // reaping runs (without the reaper thread, slow paths are its only driver).
   for (int t = 0; t < 8; ++t) {
     usleep(25000);
-    for (int i = 0; i < 300; ++i) v.push_back(objcache_get(oc, 0));
+    for (int i = 0; i < 1200; ++i) v.push_back(objcache_get(oc, 0));
     for (void *p : v) objcache_put(oc, p);
     v.clear();
   }
   struct objcache_stats s = stats_of(oc);
-  cr_expect_gt(s.reaped, 2000u, "the burst's objects were reaped");
+  cr_expect_gt(s.reaped, 8000u, "the burst's objects were reaped");
   cr_expect_eq(s.dtor_calls, s.reaped, "reaped objects were destructed");
   cr_expect_lt(s.depot_full, s0.depot_full);
   cr_expect_eq(s.gets, s.puts + s.live);
@@ -230,7 +232,7 @@ Test(objcache, reaping_returns_what_the_working_set_left_unused, .init = fast_re
 // time; with a low contention threshold the magazine size must grow.
 Test(objcache, magazines_grow_under_a_contended_two_thread_load, .init = fast_reaping) {
   if (std::thread::hardware_concurrency() < 2) cr_skip_test("needs two CPUs");
-  objcache_t *oc = objcache_create("t.grow", 64, 0, nullptr, nullptr, nullptr, 0, 0);
+  objcache_t *oc = objcache_create("t.grow", 512, 0, nullptr, nullptr, nullptr, 0, 0);  // starts at 31
   std::atomic<bool> stop{false};
   auto worker = [&](unsigned cpu) {
     pin(cpu);
@@ -250,7 +252,7 @@ Test(objcache, magazines_grow_under_a_contended_two_thread_load, .init = fast_re
   struct objcache_stats s = stats_of(oc);
   cr_expect_gt(s.contention, 0u);
   cr_expect_gt(s.mag_resizes, 0u);
-  cr_expect_gt(s.mag_size, 15u);
+  cr_expect_gt(s.mag_size, 31u);
   cr_expect_eq(s.live, 0u);
   objcache_destroy(oc);
 }
@@ -368,7 +370,7 @@ void reaper_on() {
 Test(objcache, background_reaper_returns_an_idle_burst, .init = reaper_on) {
   objcache_t *oc = widgets();
   std::vector<void *> v;
-  for (int i = 0; i < 3000; ++i) v.push_back(objcache_get(oc, 0));
+  for (int i = 0; i < 12000; ++i) v.push_back(objcache_get(oc, 0));  // about 45 magazines
   for (void *p : v) objcache_put(oc, p);
   cr_assert_gt(stats_of(oc).depot_full, 10u);
   struct objcache_stats s {};
@@ -380,7 +382,7 @@ Test(objcache, background_reaper_returns_an_idle_burst, .init = reaper_on) {
     if (s.depot_full == 0 && s.dtor_calls == s.reaped) break;
   }
   cr_expect_eq(s.depot_full, 0u, "two idle intervals reap every full depot magazine");
-  cr_expect_gt(s.reaped, 2500u);
+  cr_expect_gt(s.reaped, 11000u);
   cr_expect_eq(s.dtor_calls, s.reaped);
   objcache_destroy(oc);
 }
@@ -562,15 +564,16 @@ Test(objcache, stats_snapshots_stay_within_what_exists, .timeout = 60) {
   objcache_destroy(oc);
 }
 
-// objcache(3) states the starting magazine size by object size: 63 rounds
-// up to 256 bytes, then about 16 KiB of objects per magazine (31 up to 512,
-// 15 up to 1024, 7 up to 2048), and 3 above.
+// objcache(3) states the starting magazine size by object size: about
+// 16 KiB of objects per magazine (255 rounds up to 64 bytes, 127 up to 128,
+// 63 up to 256, 31 up to 512, 15 up to 1024, 7 up to 2048), and 3 above.
 Test(objcache, new_caches_start_with_magazines_of_about_16_kib) {
   struct {
     size_t size;
     uint64_t rounds;
-  } expect[] = {{16, 63},  {64, 63},   {256, 63},  {257, 31},  {512, 31},  {513, 15},
-                {1024, 15}, {1025, 7}, {2048, 7}, {2049, 3}, {4096, 3}, {65536, 3}};
+  } expect[] = {{16, 255},  {64, 255},  {65, 127},  {128, 127}, {129, 63},  {256, 63},
+                {257, 31},  {512, 31},  {513, 15},  {1024, 15}, {1025, 7},  {2048, 7},
+                {2049, 3},  {4096, 3},  {65536, 3}};
   for (auto e : expect) {
     objcache_t *oc = objcache_create("t.magsize", e.size, 0, nullptr, nullptr, nullptr, 0, 0);
     cr_assert_not_null(oc);

@@ -26,15 +26,15 @@ inline constexpr uint32_t mag_sizes[] = {3, 7, 15, 31, 63, 127, 255};
 inline constexpr unsigned mag_size_count = sizeof mag_sizes / sizeof mag_sizes[0];
 
 // Where a cache starts: the largest magazine with (rounds + 1) * size at
-// most mag_start_bytes, and never more than 63 rounds: 63 up to 256 bytes,
-// 31 up to 512, 15 up to 1 KiB, 7 up to 2 KiB, 3 above. Two 63-round
-// magazines let a CPU juggle 64 small objects with no depot trips; bounding
-// bytes for larger objects keeps a program that uses many classes of them
-// lean (a CPU caches about 2 * 16 KiB of each) until contention grows them.
+// most mag_start_bytes: 255 rounds up to 64 bytes, 127 up to 128, 63 up to
+// 256, 31 up to 512, 15 up to 1 KiB, 7 up to 2 KiB, 3 above. A magazine
+// holds about 16 KiB whatever the size: a program that builds and tears
+// down thousands of tiny nodes goes to the depot once per 255 of them, and
+// one that uses many classes of large objects caches about 2 * 16 KiB of
+// each per CPU, until contention grows the magazines.
 inline constexpr size_t mag_start_bytes = size_t{16} << 10;
-inline constexpr unsigned mag_start_max = 4;  // 63 rounds
 inline unsigned initial_mag_index(size_t objsize) {
-  unsigned i = mag_start_max;
+  unsigned i = mag_size_count - 1;
   while (i > 0 && (mag_sizes[i] + 1) * objsize > mag_start_bytes) --i;
   return i;
 }
