@@ -403,7 +403,6 @@ void registry_remove(cache *c) {
   }
 }
 
-
 int stats(cache *c, struct objcache_stats *out) {
   if (!c || c->magic != cache_magic || !out) return -EINVAL;
   *out = {};
