@@ -323,11 +323,14 @@ void scavenge(bool with_dtors) {
     // Gets that the CPUs' magazines served never reach the depot: a class
     // whose working set fits in them looks idle from here. Its count of gets
     // still moves, and a cache in use keeps its magazines (taking them costs
-    // each CPU a fence, and their objects would be made again at once).
-    uint64_t gets = read_counts(c).gets;
-    if (gets != d.gets_seen) {
-      d.gets_seen = gets;
-      d.last_get_ns = now;
+    // each CPU a fence, and their objects would be made again at once). The
+    // count is read only when the depot says idle: once per idle period.
+    if (now - d.last_get_ns >= idle_after_ns(c)) {
+      uint64_t gets = read_counts(c).gets;
+      if (gets != d.gets_seen) {
+        d.gets_seen = gets;
+        d.last_get_ns = now;
+      }
     }
     if (now - d.last_get_ns >= idle_after_ns(c)) {
       c->reaped.fetch_add(d.full_rounds, std::memory_order_relaxed);
