@@ -23,7 +23,8 @@ constexpr int get_flags = SR_NOWAIT | SR_USE_RESERVE;  // what objcache::get tak
 // ---- double frees of small blocks ----------------------------------------------
 // A small block's word 1 is its free mark while it is free: key ^ address
 // once kmalloc freed it (it sits in a magazine unchanged), the zone's
-// free_secret ^ address once it went down to the slab layer. Every hand-out
+// free_secret ^ address once it went down to the slab layer. Both are in
+// the zone's geometry line (upper_key and secret). Every hand-out
 // clears it (slab::hand_out too), so a live block's word 1 is the program's,
 // and a free that finds either mark there is a second free (a live block
 // matches by chance with probability 2^-64 per free).
@@ -42,12 +43,12 @@ inline void *handed_out(void *p) {
   errno = saved;
 }
 
-// The free of a small block whose class has these keys: marked, then
-// cached (never twice).
-inline void free_small(uint64_t key, uint64_t slab_key, objcache::cache *oc, void *p) {
+// The free of a small block of the class whose zone line is g: marked,
+// then cached (never twice).
+inline void free_small(const slab::geometry &g, objcache::cache *oc, void *p) {
   uintptr_t x = mark_word(p) ^ reinterpret_cast<uintptr_t>(p);
-  if (__builtin_expect(x == key || x == slab_key, 0)) return double_free(p);
-  mark_word(p) = key ^ reinterpret_cast<uintptr_t>(p);
+  if (__builtin_expect(x == g.upper_key || x == g.secret, 0)) return double_free(p);
+  mark_word(p) = g.upper_key ^ reinterpret_cast<uintptr_t>(p);
   objcache::put_inline(oc, p);
 }
 
@@ -115,7 +116,8 @@ bool usable(const block &b) { return b.kind == block::small || b.kind == block::
     ~restore() { errno = v; }
   } keep{saved};
   block b = locate(p);
-  if (b.kind == block::small) free_small(b.cls->key, b.cls->slab_key, b.cls->cache.load(std::memory_order_relaxed), p);
+  if (b.kind == block::small)
+    free_small(slab::geometry_of(b.cls->zone), b.cls->cache.load(std::memory_order_relaxed), p);
   else if (b.kind == block::big) {
     if (!large::release(b.rec)) bad_pointer(b, p, "sr_free: double free of a large block", nullptr);
   } else
@@ -155,7 +157,7 @@ bool free_if_mapped(void *p) {
     const slab::geometry &g = slab::geometry_of(reinterpret_cast<const slab::zone *>(owner));
     auto *oc = static_cast<objcache::cache *>(g.upper);
     if (__builtin_expect(g.tag - 1u < num_classes && objcache::starts_object(oc, a), 1)) {  // tag 0 wraps
-      free_small(g.upper_key, g.secret, oc, p);
+      free_small(g, oc, p);
       return true;
     }
   }

@@ -41,9 +41,7 @@ constinit std::atomic<bool> g_hooked{false};
 void count_handed_out(size_t len) {
   uint64_t live = g_count.mapped.fetch_add(len, std::memory_order_relaxed) + len -
                   g_count.unmapped.load(std::memory_order_relaxed);
-  uint64_t peak = g_count.peak_live.load(std::memory_order_relaxed);
-  while (live > peak && !g_count.peak_live.compare_exchange_weak(peak, live, std::memory_order_relaxed)) {
-  }
+  os::raise_peak(g_count.peak_live, live);
 }
 
 void *tagged(record *r) { return reinterpret_cast<void *>(reinterpret_cast<uintptr_t>(r) | pagemap::foreign_owner_bit); }

@@ -95,11 +95,10 @@ objcache::cache *create_class(unsigned index, int flags) {
   c.size = static_cast<uint32_t>(size);
   c.align = static_cast<uint32_t>(align);
   c.zone = objcache::zone_of(oc);
-  c.key = free_key();
-  c.slab_key = slab::free_secret(c.zone);  // odd (os::random_seed): never the even key
   // free() finds the class from any of its pointers: page map -> zone ->
-  // tag, cache and key, all in the zone's first line.
-  slab::set_tag(c.zone, index + 1, oc, c.key);
+  // tag, cache and key, all in the zone's first line beside the zone's own
+  // (odd) free marker secret.
+  slab::set_tag(c.zone, index + 1, oc, free_key());
   c.cache.store(oc, std::memory_order_release);
   return oc;
 }

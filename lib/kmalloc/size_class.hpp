@@ -53,16 +53,11 @@ inline unsigned class_index(size_t size) {
 // objects are aligned to min(size, page size).
 inline unsigned pow2_class_index(size_t n) { return class_index(std::bit_ceil(n < 16 ? 16 : n)); }
 
-// One cache line per class: a free reads cache, zone and both keys at once.
+// One cache line per class: malloc reads its cache. (free finds the class's
+// cache and double-free keys in the zone's geometry line: set_tag.)
 struct alignas(64) size_class {
   std::atomic<objcache::cache *> cache;  // null until the first allocation
   slab::zone *zone;                       // set before cache is published
-  // Double-free keys (alloc.cpp): a freed block's word 1 is key ^ address;
-  // one whose word 1 ^ address is key or slab_key was freed already (into a
-  // magazine, or down to the slab layer, whose free marker is slab_key ^
-  // address). key is even, slab_key odd (or key when the zone gives none).
-  uint64_t key;
-  uint64_t slab_key;
   uint32_t size;
   uint32_t align;
   char name[16];                          // objcache keeps the pointer

@@ -284,9 +284,7 @@ uintptr_t take_vacant(size_t len, size_t align, bool *refused) {
 
 void note_alloc(size_t len) {
   uint64_t live = g.live.fetch_add(len, std::memory_order_relaxed) + len;
-  uint64_t peak = g.live_peak_now.load(std::memory_order_relaxed);
-  while (live > peak && !g.live_peak_now.compare_exchange_weak(peak, live, std::memory_order_relaxed)) {
-  }
+  os::raise_peak(g.live_peak_now, live);
 }
 
 }  // namespace

@@ -87,9 +87,7 @@ void unadmit(cache *c) {
 void note_made(cache *c, uint64_t n) {
   uint64_t made = c->slab_allocs.fetch_add(n, std::memory_order_relaxed) + n;
   uint64_t exist = made - c->slab_frees.load(std::memory_order_relaxed);
-  uint64_t peak = c->peak_existing.load(std::memory_order_relaxed);
-  while (exist > peak && !c->peak_existing.compare_exchange_weak(peak, exist, std::memory_order_relaxed)) {
-  }
+  os::raise_peak(c->peak_existing, exist);
 }
 
 // An object from the slab layer, constructed; nullptr with errno.

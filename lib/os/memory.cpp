@@ -33,14 +33,22 @@ bool admit() {
 void account_mapped(size_t size, use u) {
   if (u != use::data) g.metadata.fetch_add(size, std::memory_order_relaxed);
   uint64_t now = g.mapped.fetch_add(size, std::memory_order_relaxed) + size;
-  uint64_t peak = g.peak.load(std::memory_order_relaxed);
-  while (now > peak && !g.peak.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
-  }
+  raise_peak(g.peak, now);
 }
 
-void *raw_map(size_t size) {
-  void *p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  return p == MAP_FAILED ? nullptr : p;
+// size bytes aligned to align (a power of two, at least a page), private
+// and anonymous: over-mapped by align - page, then both ends trimmed (the
+// kernel has no aligned mmap, and the trims are cheap next to the faults
+// that follow).
+void *aligned_mmap(size_t size, size_t align, int prot, int flags) {
+  const size_t page = page_size();
+  size_t span = size + align - page;
+  void *raw = ::mmap(nullptr, span, prot, MAP_PRIVATE | MAP_ANONYMOUS | flags, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  uintptr_t r = reinterpret_cast<uintptr_t>(raw), base = (r + align - 1) & ~(uintptr_t)(align - 1);
+  if (base > r) ::munmap(raw, base - r);
+  if (r + span > base + size) ::munmap(reinterpret_cast<void *>(base + size), r + span - (base + size));
+  return reinterpret_cast<void *>(base);
 }
 
 }  // namespace
@@ -59,30 +67,12 @@ void *map(size_t size, size_t align, use u) {
     errno = ENOMEM;
     return nullptr;
   }
-  if (align <= page) {
-    void *p = raw_map(size);
-    if (!p) {
-      g.refused.fetch_add(1, std::memory_order_relaxed);
-      return nullptr;
-    }
-    g.map_calls.fetch_add(1, std::memory_order_relaxed);
-    account_mapped(size, u);
-    return p;
-  }
-  // Over-map by align - page, then trim both ends: the kernel has no aligned
-  // mmap, and the trims are cheap next to the faults that follow.
-  size_t span = size + align - page;
-  char *raw = static_cast<char *>(raw_map(span));
-  if (!raw) {
+  void *p = aligned_mmap(size, align > page ? align : page, PROT_READ | PROT_WRITE, 0);
+  if (!p) {
     g.refused.fetch_add(1, std::memory_order_relaxed);
     return nullptr;
   }
   g.map_calls.fetch_add(1, std::memory_order_relaxed);
-  uintptr_t base = (reinterpret_cast<uintptr_t>(raw) + align - 1) & ~(uintptr_t)(align - 1);
-  char *p = reinterpret_cast<char *>(base);
-  size_t head = static_cast<size_t>(p - raw), tail = span - head - size;
-  if (head) ::munmap(raw, head);
-  if (tail) ::munmap(p + size, tail);
   account_mapped(size, u);
   return p;
 }
@@ -106,13 +96,7 @@ void decommit(void *p, size_t size) {
 void *reserve(size_t size, size_t align) {
   const size_t page = page_size();
   if (size == 0 || size % page != 0 || align < page || (align & (align - 1)) != 0) return nullptr;
-  size_t span = size + align - page;
-  void *raw = ::mmap(nullptr, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (raw == MAP_FAILED) return nullptr;
-  uintptr_t r = reinterpret_cast<uintptr_t>(raw), base = (r + align - 1) & ~(uintptr_t)(align - 1);
-  if (base > r) ::munmap(raw, base - r);
-  if (r + span > base + size) ::munmap(reinterpret_cast<void *>(base + size), r + span - (base + size));
-  return reinterpret_cast<void *>(base);
+  return aligned_mmap(size, align, PROT_NONE, MAP_NORESERVE);
 }
 
 bool commit(void *p, size_t size) {

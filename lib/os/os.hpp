@@ -7,6 +7,13 @@
 
 namespace sysref::os {
 
+// Raises a high-water mark to v (relaxed: statistics and budgets).
+inline void raise_peak(std::atomic<uint64_t> &peak, uint64_t v) {
+  uint64_t p = peak.load(std::memory_order_relaxed);
+  while (v > p && !peak.compare_exchange_weak(p, v, std::memory_order_relaxed)) {
+  }
+}
+
 // ---- memory: aligned address space, counted -------------------------------
 // map() reserves and commits size bytes aligned to align (a power of two, at
 // least the page size). One call is one "page request": fault injection may
