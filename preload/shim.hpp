@@ -52,9 +52,7 @@ size_t foreign_usable_size(void *p);
 
 // free and delete: the one page-map lookup of kmalloc's free tells ours
 // (freed) from the C library's.
-inline void release(void *p) {
-  if (__builtin_expect(!kmalloc::free_if_mapped(p), 0) && p) foreign_free(p);
-}
+inline void release(void *p) { kmalloc::free_or(p, foreign_free); }
 
 // ---- fork (fork.cpp) and the report triggers (reporter.cpp) -------------------
 void install_fork_handlers();

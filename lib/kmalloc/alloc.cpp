@@ -34,6 +34,17 @@ inline void *handed_out(void *p) {
   if (__builtin_expect(p != nullptr, 1)) mark_word(p) = 0;
   return p;
 }
+// The same for get_inline_with, whose fast path never gives NULL.
+inline void *unmarked(void *p) {
+  mark_word(p) = 0;
+  return p;
+}
+[[gnu::noinline]] void *get_refused_unmarked(objcache::cache *c, int flags) {
+  return handed_out(objcache::get_refused(c, flags));
+}
+inline void *get_unmarked(objcache::cache *c, int flags) {
+  return objcache::get_inline_with<unmarked, get_refused_unmarked>(c, flags);
+}
 
 // Reported, counted, and the block left where it is (free keeps errno).
 [[gnu::noinline, gnu::cold]] void double_free(void *p) {
@@ -126,48 +137,60 @@ bool usable(const block &b) { return b.kind == block::small || b.kind == block::
 
 }  // namespace
 
-void *alloc(size_t size, size_t align, int flags) {
+SR_FAST_ENTRY void *alloc(size_t size, size_t align, int flags) {
   if (__builtin_expect(size <= max_small && align <= 16 && !(flags & SR_ZERO), 1)) {
     objcache::cache *c = g_classes[class_index(size)].cache.load(std::memory_order_acquire);
-    if (__builtin_expect(c != nullptr, 1)) return handed_out(objcache::get_inline(c, flags & get_flags));
+    if (__builtin_expect(c != nullptr, 1)) return get_unmarked(c, flags & get_flags);
   }
   return alloc_other(size, align, flags);
 }
 
-void *alloc_plain(size_t size) {
+SR_FAST_ENTRY void *alloc_plain(size_t size) {
   if (__builtin_expect(size <= max_small, 1)) {
     objcache::cache *c = g_classes[class_index(size)].cache.load(std::memory_order_acquire);
-    if (__builtin_expect(c != nullptr, 1)) return handed_out(objcache::get_inline(c, 0));
+    if (__builtin_expect(c != nullptr, 1)) return get_unmarked(c, 0);
   }
   return alloc_other(size, 0, 0);
 }
 
-// The page map, then one zone line (layout, tag, the class's objcache and
-// both keys), then the cache's head (its object-start test and the fast
-// path's words): three dependent loads before the push. A zone carries a
-// tag only when kmalloc made it for a class (set_tag, once), so a tag in
-// range names the class, its cache and its key.
-bool free_if_mapped(void *p) {
+namespace {
+// free's fast path: the page map, then one zone line (layout, tag, the
+// class's objcache and both keys), then the cache's head (its object-start
+// test and the fast path's words): three dependent loads before the push. A
+// zone carries a tag only when kmalloc made it for a class (set_tag, once),
+// so a tag in range names the class, its cache and its key. Every call is a
+// tail call, so the path needs no stack frame; whatever is not a small block
+// of a class (NULL too: the page map has no owner for address 0) goes to
+// rest(p, owner, arg) with the page map's owner.
+template <void (*rest)(void *, uintptr_t, void (*)(void *))>
+[[gnu::always_inline]] inline void free_block(void *p, void (*arg)(void *)) {
   auto a = reinterpret_cast<uintptr_t>(p);
   auto owner = reinterpret_cast<uintptr_t>(slab::pagemap::get(a));
-  if (!owner) return false;
   // The fast path touches no errno; the slow paths (objcache::put_slow,
   // free_other) preserve it themselves, as free must.
-  if (__builtin_expect(!(owner & slab::pagemap::foreign_owner_bit), 1)) {
+  if (__builtin_expect(owner && !(owner & slab::pagemap::foreign_owner_bit), 1)) {
     const slab::geometry &g = slab::geometry_of(reinterpret_cast<const slab::zone *>(owner));
     auto *oc = static_cast<objcache::cache *>(g.upper);
-    if (__builtin_expect(g.tag - 1u < num_classes && objcache::starts_object(oc, a), 1)) {  // tag 0 wraps
-      free_small(g, oc, p);
-      return true;
-    }
+    if (__builtin_expect(g.tag - 1u < num_classes && objcache::starts_object(oc, a), 1))  // tag 0 wraps
+      return free_small(g, oc, p);
   }
-  free_other(p);  // a large block, another layer's zone, an interior pointer
-  return true;
+  return rest(p, owner, arg);
 }
 
-void free(void *p) {
-  if (p && !free_if_mapped(p)) free_other(p);  // reported as foreign (or a large block)
+// free's rest: a large block, another layer's zone, an interior pointer;
+// with no owner, NULL (nothing to do) or a foreign pointer (reported).
+[[gnu::noinline]] void free_rest(void *p, uintptr_t, void (*)(void *)) {
+  if (p) free_other(p);
 }
+// free_or's: as free's, but an unmapped pointer goes to unmapped.
+[[gnu::noinline]] void free_rest_or(void *p, uintptr_t owner, void (*unmapped)(void *)) {
+  if (owner) free_other(p);
+  else if (p) unmapped(p);
+}
+}  // namespace
+
+SR_FAST_ENTRY void free(void *p) { free_block<free_rest>(p, nullptr); }
+SR_FAST_ENTRY void free_or(void *p, void (*unmapped)(void *)) { free_block<free_rest_or>(p, unmapped); }
 
 namespace {
 // A block that realloc grew out of its class is likely to grow again (a

@@ -28,9 +28,9 @@ void *alloc_plain(size_t size);
 // errno.
 void free(void *p);
 // free for the preload shim, which must tell its own pointers from the C
-// library's with the same page-map lookup that free makes: false, and p
-// untouched, when the page map knows nothing of p (NULL included).
-bool free_if_mapped(void *p);
+// library's with the same page-map lookup that free makes: a non-NULL p
+// that the page map knows nothing of goes, untouched, to unmapped.
+void free_or(void *p, void (*unmapped)(void *));
 // NULL p: alloc. size 0: free p, return NULL. In place when size fits the
 // usable size and is at least half of it; else moved. On failure NULL +
 // errno and p untouched. With SR_ZERO, bytes beyond the old usable size

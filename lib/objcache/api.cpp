@@ -43,7 +43,7 @@ namespace sysref::objcache {
 void *get_refused(cache *c, int flags) {
   if (percpu::rseq_mode()) {
     if (uintptr_t obj; percpu::stack_swap_if(c->loaded_off, true) &&
-                       percpu::stack_pop_rseq(c->fast_word, c->rseq_off, obj))
+                       percpu::stack_pop_rseq(c->fast_word, percpu::fast_path_rseq_off(), obj))
       return reinterpret_cast<void *>(obj);
     return get_slow(c, flags);
   }
@@ -59,7 +59,7 @@ void put_refused(cache *c, void *obj) {
   if (c->waiters.load(std::memory_order_relaxed) == 0) {
     auto o = reinterpret_cast<uintptr_t>(obj);
     if (percpu::rseq_mode() ? percpu::stack_swap_if(c->loaded_off, false) &&
-                                  percpu::stack_push_rseq(c->fast_word, c->rseq_off, o)
+                                  percpu::stack_push_rseq(c->fast_word, percpu::fast_path_rseq_off(), o)
                             : percpu::stack_push(c->loaded_off, o, os::wait::unless_reentered))
       return;
   }
@@ -77,12 +77,12 @@ objcache_t *objcache_create(const char *name, size_t size, size_t align,
       sysref::objcache::create({name, size, align, ctor, dtor, priv, limit, false}));
 }
 
-void *objcache_get(objcache_t *oc, int flags) {
+SR_FAST_ENTRY void *objcache_get(objcache_t *oc, int flags) {
   if (__builtin_expect(!ok(oc), 0)) return bad_get();
   return sysref::objcache::get_inline(C(oc), flags);
 }
 
-void objcache_put(objcache_t *oc, void *obj) {
+SR_FAST_ENTRY void objcache_put(objcache_t *oc, void *obj) {
   if (__builtin_expect(!ok(oc) || !belongs(oc, obj), 0))
     return refuse("objcache_put: object not from this cache", oc, obj);
   sysref::objcache::put_inline(C(oc), obj);

@@ -392,7 +392,6 @@ cache *create(const params &p) {
   c->slot = static_cast<size_t>(slot);
   c->loaded_off = c->slot + 16;
   c->fast_word = percpu::fast_path_word(c->loaded_off);
-  c->rseq_off = percpu::fast_path_rseq_off();
   c->starts = slab::start_test_of(slab::geometry_of(c->zone));
   c->dep.interval_start = c->dep.last_get_ns = os::coarse_now_ns();
   c->mag_index.store(initial_mag_index(c->objsize), std::memory_order_relaxed);

@@ -26,7 +26,6 @@ struct cache_head {
   // and the out-of-line path takes the slot lock: no mode test inline.
   uintptr_t fast_word;
   std::atomic<uint32_t> waiters;  // gets sleeping at the object limit
-  int32_t rseq_off;               // percpu::fast_path_rseq_off(), in this line
   slab::zone *zone;
   slab::start_test starts;        // of zone's objects: put's check, without touching the zone
 };
@@ -95,12 +94,19 @@ void put_slow(cache *c, void *obj);
 // loaded magazine. obj must belong to the cache (callers check; see
 // slab::holds). put, and get with SR_NOWAIT, are async-signal-safe: they
 // never wait for a lock the interrupted frame may hold (cache.cpp, Signals).
-SR_RSEQ_FN void *get_inline(cache *c, int flags) {
+// get_inline_with is for a layer that prepares every object it hands out
+// (kmalloc clears its free mark): ready(obj) on the fast path, where obj is
+// never NULL, and on a refusal refused(c, flags), which calls get_refused
+// and prepares what that gives.
+inline void *as_is(void *obj) { return obj; }
+template <void *(*ready)(void *), void *(*refused)(cache *, int)>
+SR_RSEQ_FN void *get_inline_with(cache *c, int flags) {
   auto *h = reinterpret_cast<cache_head *>(c);
-  if (uintptr_t obj; __builtin_expect(percpu::stack_pop_rseq(h->fast_word, h->rseq_off, obj), 1))
-    return reinterpret_cast<void *>(obj);
-  return get_refused(c, flags);
+  if (uintptr_t obj; __builtin_expect(percpu::stack_pop_rseq(h->fast_word, percpu::fast_path_rseq_off(), obj), 1))
+    return ready(reinterpret_cast<void *>(obj));
+  return refused(c, flags);
 }
+SR_RSEQ_FN void *get_inline(cache *c, int flags) { return get_inline_with<as_is, get_refused>(c, flags); }
 
 // Whether p is the start of one of c's objects (p inside one of its slabs),
 // from the head's line only.
@@ -112,7 +118,8 @@ SR_RSEQ_FN void put_inline(cache *c, void *obj) {
   auto *h = reinterpret_cast<cache_head *>(c);
   // Someone sleeps at the limit: this object must be destroyed, not cached.
   if (__builtin_expect(h->waiters.load(std::memory_order_relaxed) == 0, 1) &&
-      __builtin_expect(percpu::stack_push_rseq(h->fast_word, h->rseq_off, reinterpret_cast<uintptr_t>(obj)), 1))
+      __builtin_expect(percpu::stack_push_rseq(h->fast_word, percpu::fast_path_rseq_off(),
+                                                       reinterpret_cast<uintptr_t>(obj)), 1))
     return;
   put_refused(c, obj);
 }

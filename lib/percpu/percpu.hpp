@@ -28,6 +28,12 @@
 #define SR_RSEQ_FN static inline __attribute__((always_inline))
 #endif
 
+// The out-of-line functions a fast path is inlined into (objcache_get and
+// _put, kmalloc's malloc and free): each starts a cache line, so that its
+// ~100-byte fast path spans two 64-byte fetch windows, not three. Where the
+// linker happened to place objcache_get moved its cost by 8% (bench_abi).
+#define SR_FAST_ENTRY [[gnu::aligned(64)]]
+
 namespace sysref::percpu {
 
 inline constexpr size_t slot_bytes = 64;
@@ -231,8 +237,9 @@ SR_RSEQ_FN bool rseq_mode() {
 inline uintptr_t fast_path_word(size_t offset) {
   return g_region.base + (rseq_mode() ? offset : payload_offset);
 }
-// glibc's __rseq_offset, for a fast path to keep beside its word (ensure_init
-// made sure that it fits).
+// glibc's __rseq_offset (ensure_init made sure that it fits). Read from
+// here, not from the cache: the load depends on nothing, so the CPU number's
+// load can start at once instead of after the cache's line arrives.
 inline int32_t fast_path_rseq_off() { return static_cast<int32_t>(g_region.rseq_off); }
 
 SR_RSEQ_FN bool stack_pop_rseq(uintptr_t word, int32_t rseq_off, uintptr_t &item) {
