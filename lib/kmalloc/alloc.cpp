@@ -34,18 +34,11 @@ inline void *handed_out(void *p) {
   if (__builtin_expect(p != nullptr, 1)) mark_word(p) = 0;
   return p;
 }
-// The same for get_inline_with, whose fast path never gives NULL.
+// The same for a pop, which never gives NULL.
 inline void *unmarked(void *p) {
   mark_word(p) = 0;
   return p;
 }
-[[gnu::noinline]] void *get_refused_unmarked(objcache::cache *c, int flags) {
-  return handed_out(objcache::get_refused(c, flags));
-}
-inline void *get_unmarked(objcache::cache *c, int flags) {
-  return objcache::get_inline_with<unmarked, get_refused_unmarked>(c, flags);
-}
-
 // Reported, counted, and the block left where it is (free keeps errno).
 [[gnu::noinline, gnu::cold]] void double_free(void *p) {
   int saved = errno;
@@ -137,18 +130,32 @@ bool usable(const block &b) { return b.kind == block::small || b.kind == block::
 
 }  // namespace
 
+namespace {
+// Where malloc's pop refused (or the class is not made yet): the class's
+// cache, then the out-of-line get.
+[[gnu::noinline]] void *alloc_refused(size_t size, int flags) {
+  objcache::cache *c = g_classes[class_index(size)].cache.load(std::memory_order_acquire);
+  if (!c) return alloc_other(size, 0, flags);
+  return handed_out(objcache::get_refused(c, flags & get_flags));
+}
+}  // namespace
+
+// malloc's fast path: the size's fast word, then the pop from the loaded
+// magazine; no line of the class or of its cache.
 SR_FAST_ENTRY void *alloc(size_t size, size_t align, int flags) {
   if (__builtin_expect(size <= max_small && align <= 16 && !(flags & SR_ZERO), 1)) {
-    objcache::cache *c = g_classes[class_index(size)].cache.load(std::memory_order_acquire);
-    if (__builtin_expect(c != nullptr, 1)) return get_unmarked(c, flags & get_flags);
+    uintptr_t word = fast_word_for(size);
+    if (void *p; __builtin_expect(word && objcache::get_at(word, p), 1)) return unmarked(p);
+    return alloc_refused(size, flags);
   }
   return alloc_other(size, align, flags);
 }
 
 SR_FAST_ENTRY void *alloc_plain(size_t size) {
   if (__builtin_expect(size <= max_small, 1)) {
-    objcache::cache *c = g_classes[class_index(size)].cache.load(std::memory_order_acquire);
-    if (__builtin_expect(c != nullptr, 1)) return get_unmarked(c, 0);
+    uintptr_t word = fast_word_for(size);
+    if (void *p; __builtin_expect(word && objcache::get_at(word, p), 1)) return unmarked(p);
+    return alloc_refused(size, 0);
   }
   return alloc_other(size, 0, 0);
 }

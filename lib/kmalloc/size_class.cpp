@@ -9,6 +9,7 @@
 namespace sysref::kmalloc {
 
 constinit size_class g_classes[num_classes] = {};
+constinit std::atomic<uintptr_t> g_small_words[small_table.size()] = {};
 
 namespace {
 
@@ -100,6 +101,12 @@ objcache::cache *create_class(unsigned index, int flags) {
   // (odd) free marker secret.
   slab::set_tag(c.zone, index + 1, oc, free_key());
   c.cache.store(oc, std::memory_order_release);
+  // The pop the fast word leads to finds a magazine only where a get of
+  // this cache (through c.cache) loaded one: the word needs no ordering.
+  uintptr_t word = objcache::fast_word_of(oc);
+  c.fast_word.store(word, std::memory_order_relaxed);
+  for (size_t step = 0; step < small_table.size(); ++step)
+    if (small_table[step] == index) g_small_words[step].store(word, std::memory_order_relaxed);
   return oc;
 }
 

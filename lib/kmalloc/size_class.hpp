@@ -57,6 +57,7 @@ inline unsigned pow2_class_index(size_t n) { return class_index(std::bit_ceil(n 
 // cache and double-free keys in the zone's geometry line: set_tag.)
 struct alignas(64) size_class {
   std::atomic<objcache::cache *> cache;  // null until the first allocation
+  std::atomic<uintptr_t> fast_word;       // objcache::fast_word_of(cache), then; 0 before
   slab::zone *zone;                       // set before cache is published
   uint32_t size;
   uint32_t align;
@@ -66,6 +67,17 @@ static_assert(sizeof(size_class) == 64);
 
 // Hidden: the fast paths address it directly, not through the GOT.
 [[gnu::visibility("hidden")]] extern size_class g_classes[num_classes];
+
+// malloc's lookup: a size's fast word (size_class::fast_word) with no line
+// of the class or its cache in between, so that the pop's loads start one
+// load after the call. By 16-byte step up to table_limit (small_table's
+// steps), by class above. 0 until the class is made.
+[[gnu::visibility("hidden")]] extern std::atomic<uintptr_t> g_small_words[small_table.size()];
+inline uintptr_t fast_word_for(size_t size) {  // size <= max_small
+  if (__builtin_expect(size <= table_limit, 1))
+    return g_small_words[(size + 15) >> 4].load(std::memory_order_relaxed);
+  return g_classes[class_index_arith(size)].fast_word.load(std::memory_order_relaxed);
+}
 
 objcache::cache *create_class(unsigned index, int flags);  // slow path: NULL + errno
 

@@ -94,19 +94,22 @@ void put_slow(cache *c, void *obj);
 // loaded magazine. obj must belong to the cache (callers check; see
 // slab::holds). put, and get with SR_NOWAIT, are async-signal-safe: they
 // never wait for a lock the interrupted frame may hold (cache.cpp, Signals).
-// get_inline_with is for a layer that prepares every object it hands out
-// (kmalloc clears its free mark): ready(obj) on the fast path, where obj is
-// never NULL, and on a refusal refused(c, flags), which calls get_refused
-// and prepares what that gives.
-inline void *as_is(void *obj) { return obj; }
-template <void *(*ready)(void *), void *(*refused)(cache *, int)>
-SR_RSEQ_FN void *get_inline_with(cache *c, int flags) {
-  auto *h = reinterpret_cast<cache_head *>(c);
-  if (uintptr_t obj; __builtin_expect(percpu::stack_pop_rseq(h->fast_word, percpu::fast_path_rseq_off(), obj), 1))
-    return ready(reinterpret_cast<void *>(obj));
-  return refused(c, flags);
+// A cache's fast-path word, fixed while the cache exists, for a layer that
+// keeps it beside its own lookup of the cache (kmalloc's size tables): then
+// get_at pops with it and the get reads no line of the cache. get_at gives
+// obj, never NULL, or false: call get_refused.
+inline uintptr_t fast_word_of(const cache *c) { return reinterpret_cast<const cache_head *>(c)->fast_word; }
+SR_RSEQ_FN bool get_at(uintptr_t fast_word, void *&obj) {
+  uintptr_t o;
+  if (!percpu::stack_pop_rseq(fast_word, percpu::fast_path_rseq_off(), o)) return false;
+  obj = reinterpret_cast<void *>(o);
+  return true;
 }
-SR_RSEQ_FN void *get_inline(cache *c, int flags) { return get_inline_with<as_is, get_refused>(c, flags); }
+
+SR_RSEQ_FN void *get_inline(cache *c, int flags) {
+  if (void *obj; __builtin_expect(get_at(fast_word_of(c), obj), 1)) return obj;
+  return get_refused(c, flags);
+}
 
 // Whether p is the start of one of c's objects (p inside one of its slabs),
 // from the head's line only.
