@@ -53,7 +53,8 @@ inline void free_small(const slab::geometry &g, objcache::cache *oc, void *p) {
   uintptr_t x = mark_word(p) ^ reinterpret_cast<uintptr_t>(p);
   if (__builtin_expect(x == g.upper_key || x == g.secret, 0)) return double_free(p);
   mark_word(p) = g.upper_key ^ reinterpret_cast<uintptr_t>(p);
-  objcache::put_inline(oc, p);
+  if (__builtin_expect(objcache::put_at(g.upper_word, p), 1)) return;  // classes have no limit
+  objcache::put_refused(oc, p);
 }
 
 void *from_class(unsigned index, int flags) {
@@ -161,14 +162,13 @@ SR_FAST_ENTRY void *alloc_plain(size_t size) {
 }
 
 namespace {
-// free's fast path: the page map, then one zone line (layout, tag, the
-// class's objcache and both keys), then the cache's head (its object-start
-// test and the fast path's words): three dependent loads before the push. A
-// zone carries a tag only when kmalloc made it for a class (set_tag, once),
-// so a tag in range names the class, its cache and its key. Every call is a
-// tail call, so the path needs no stack frame; whatever is not a small block
-// of a class (NULL too: the page map has no owner for address 0) goes to
-// rest(p, owner, arg) with the page map's owner.
+// free's fast path: the page map, then one zone line (layout, tag, and the
+// class's objcache, key and fast word), then the push: three dependent loads
+// before the CPU's magazine. A zone carries a tag only when kmalloc made it
+// for a class (set_tag, once), so a tag in range names the class. Every
+// call is a tail call, so the path needs no stack frame; whatever is not a
+// small block of a class (NULL too: the page map has no owner for address
+// 0) goes to rest(p, owner, arg) with the page map's owner.
 template <void (*rest)(void *, uintptr_t, void (*)(void *))>
 [[gnu::always_inline]] inline void free_block(void *p, void (*arg)(void *)) {
   auto a = reinterpret_cast<uintptr_t>(p);
@@ -178,7 +178,7 @@ template <void (*rest)(void *, uintptr_t, void (*)(void *))>
   if (__builtin_expect(owner && !(owner & slab::pagemap::foreign_owner_bit), 1)) {
     const slab::geometry &g = slab::geometry_of(reinterpret_cast<const slab::zone *>(owner));
     auto *oc = static_cast<objcache::cache *>(g.upper);
-    if (__builtin_expect(g.tag - 1u < num_classes && objcache::starts_object(oc, a), 1))  // tag 0 wraps
+    if (__builtin_expect(g.tag - 1u < num_classes && slab::starts_object(g, a), 1))  // tag 0 wraps
       return free_small(g, oc, p);
   }
   return rest(p, owner, arg);

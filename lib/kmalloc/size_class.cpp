@@ -96,14 +96,15 @@ objcache::cache *create_class(unsigned index, int flags) {
   c.size = static_cast<uint32_t>(size);
   c.align = static_cast<uint32_t>(align);
   c.zone = objcache::zone_of(oc);
-  // free() finds the class from any of its pointers: page map -> zone ->
-  // tag, cache and key, all in the zone's first line beside the zone's own
-  // (odd) free marker secret.
-  slab::set_tag(c.zone, index + 1, oc, free_key());
-  c.cache.store(oc, std::memory_order_release);
-  // The pop the fast word leads to finds a magazine only where a get of
-  // this cache (through c.cache) loaded one: the word needs no ordering.
+  // The fast word: malloc's by size (the pop needs no line of the class or
+  // of its cache), free's in the zone's first line, where free finds it from
+  // any of the class's pointers (page map -> zone) beside the tag, cache
+  // and key and the zone's own (odd) free marker secret. The pop and push it
+  // leads to find a magazine only where a get of this cache (through
+  // c.cache) loaded one: the word needs no ordering.
   uintptr_t word = objcache::fast_word_of(oc);
+  slab::set_tag(c.zone, static_cast<uint16_t>(index + 1), oc, free_key(), word);
+  c.cache.store(oc, std::memory_order_release);
   c.fast_word.store(word, std::memory_order_relaxed);
   for (size_t step = 0; step < small_table.size(); ++step)
     if (small_table[step] == index) g_small_words[step].store(word, std::memory_order_relaxed);

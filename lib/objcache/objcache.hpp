@@ -117,6 +117,13 @@ inline bool starts_object(const cache *c, uintptr_t p) {
   return reinterpret_cast<const cache_head *>(c)->starts(p);
 }
 
+// put_inline for a cache made with no limit, where nobody ever waits (so
+// no test of waiters), on its fast word kept by the layer above (kmalloc's
+// zone lines): false: call put_refused.
+SR_RSEQ_FN bool put_at(uintptr_t fast_word, void *obj) {
+  return percpu::stack_push_rseq(fast_word, percpu::fast_path_rseq_off(), reinterpret_cast<uintptr_t>(obj));
+}
+
 SR_RSEQ_FN void put_inline(cache *c, void *obj) {
   auto *h = reinterpret_cast<cache_head *>(c);
   // Someone sleeps at the limit: this object must be destroyed, not cached.

@@ -14,17 +14,29 @@
 
 namespace sysref::slab {
 
-// A zone's layout, at the start of every zone: what a pointer check needs.
+// A zone's layout, at the start of every zone: what a pointer check needs,
+// and what the layer above keeps there so that its free reads this one line.
+// p is an object start iff rotr(((p & mask) - first_offset) * inverse,
+// shift) < nobjs, and that value is then its index, where objsize = odd <<
+// shift and inverse * odd == 1 (mod 2^64). The product is the exact
+// quotient by odd when the offset is a multiple of it, and the rotation
+// leaves the quotient by objsize when the low shift bits are zero; any
+// other offset (or one below the first object, which wraps) comes out at
+// least 2^64 / objsize, which is never below nobjs (Hacker's Delight, 10-17).
 struct geometry {
-  uintptr_t mask;        // slab_size - 1
-  size_t first_offset;   // of the first object in a slab
-  size_t objsize;
-  uint64_t reciprocal;   // ceil(2^64 / objsize): offset -> index without a divide
-  uint32_t nobjs;        // objects per slab
-  uint32_t tag;          // the layer above's (kmalloc: class index + 1); 0 = none (zones start zeroed)
-  uint64_t secret;       // free marker: a free object's word 1 is secret ^ its address (odd)
-  void *upper;           // the layer above's pointer (kmalloc: the class's objcache); set with tag
-  uint64_t upper_key;    // the layer above's own free mark (kmalloc: the class's key); set with tag
+  uintptr_t mask;         // slab_size - 1
+  uint64_t inverse;       // of objsize's odd part
+  uint32_t first_offset;  // of the first object in a slab
+  uint32_t objsize;
+  uint32_t nobjs;         // objects per slab
+  uint16_t shift;         // trailing zero bits of objsize
+  uint16_t tag;           // the layer above's (kmalloc: class index + 1); 0 = none (zones start zeroed)
+  uint64_t secret;        // free marker: a free object's word 1 is secret ^ its address (odd)
+  // The layer above's, set with tag (kmalloc: the class's objcache, its
+  // own free mark, and the cache's fast word).
+  void *upper;
+  uint64_t upper_key;
+  uintptr_t upper_word;
 };
 static_assert(sizeof(geometry) == 64, "a free reads one line of its zone");
 
@@ -35,55 +47,48 @@ inline const geometry &geometry_of(const zone *z) { return *reinterpret_cast<con
 // 64-byte aligned), so a free finds its owner from the line it reads anyway.
 inline uint32_t tag_of(const zone *z) { return geometry_of(z).tag; }
 inline void *upper_of(const zone *z) { return geometry_of(z).upper; }
-inline void set_tag(zone *z, uint32_t tag, void *upper, uint64_t upper_key) {
-  reinterpret_cast<geometry *>(z)->upper = upper;
-  reinterpret_cast<geometry *>(z)->upper_key = upper_key;
-  reinterpret_cast<geometry *>(z)->tag = tag;
+inline void set_tag(zone *z, uint16_t tag, void *upper, uint64_t upper_key, uintptr_t upper_word) {
+  auto *g = reinterpret_cast<geometry *>(z);
+  g->upper = upper;
+  g->upper_key = upper_key;
+  g->upper_word = upper_word;
+  g->tag = tag;
 }
 // The word a free object of z holds at +8 is this secret ^ its address
 // (slab::hand_out clears it): a layer above that keeps its own mark there
 // must never produce that value.
 inline uint64_t free_secret(const zone *z) { return geometry_of(z).secret; }
 
+// The layout's test, from its parts (geometry's comment).
+inline uint64_t rotated_quotient(uintptr_t p, uintptr_t mask, uintptr_t first_offset, uint64_t inverse,
+                                 unsigned shift) {
+  return std::rotr(((p & mask) - first_offset) * inverse, static_cast<int>(shift));
+}
 // Index of the object p starts in its slab, or ~0 if p is not the start of
 // an object of this layout. Arithmetic only.
 inline uintptr_t object_index(const geometry &g, uintptr_t p) {
-  uintptr_t off = (p & g.mask) - g.first_offset;  // wraps below the first object
-  __extension__ using u128 = unsigned __int128;
-  uint64_t index = static_cast<uint64_t>((static_cast<u128>(off) * g.reciprocal) >> 64);
-  if (index >= g.nobjs || index * g.objsize != off) return ~uintptr_t{0};
-  return index;
+  uint64_t q = rotated_quotient(p, g.mask, g.first_offset, g.inverse, g.shift);
+  return q < g.nobjs ? q : ~uintptr_t{0};
 }
+inline bool starts_object(const geometry &g, uintptr_t p) { return object_index(g, p) != ~uintptr_t{0}; }
 
-// object_index's test alone, with no multiply-high and no second compare:
-// p is an object start iff rotr((p & mask - first_offset) * inverse, shift)
-// < nobjs, where objsize = odd << shift and inverse * odd == 1 (mod 2^64).
-// The product is the exact quotient by odd when the offset is a multiple
-// of it, and the rotation leaves the quotient by objsize when the low shift
-// bits are zero; any other offset (or one below the first object, which
-// wraps) comes out at least 2^64 / objsize, which is never below nobjs
-// (Hacker's Delight, 10-17). Built once per zone, for hot pointer checks.
+// The same test, copied once into the line of another structure (objcache's
+// cache head), for a hot check that should not read the zone.
 struct start_test {
   uint64_t inverse;
   uint32_t mask;          // slabs hold 8 objects of at most max_object: a few MiB
   uint32_t first_offset;
   uint32_t nobjs;
   uint32_t shift;
-  bool operator()(uintptr_t p) const {
-    uint64_t q = ((p & mask) - uintptr_t{first_offset}) * inverse;
-    return std::rotr(q, static_cast<int>(shift)) < nobjs;
-  }
+  bool operator()(uintptr_t p) const { return rotated_quotient(p, mask, first_offset, inverse, shift) < nobjs; }
 };
 inline start_test start_test_of(const geometry &g) {
-  uint32_t shift = static_cast<uint32_t>(__builtin_ctzll(g.objsize));
-  uint64_t odd = g.objsize >> shift, inv = odd;  // correct to 3 bits; each step doubles them
-  for (int i = 0; i < 5; ++i) inv *= 2 - odd * inv;
-  return {inv, static_cast<uint32_t>(g.mask), static_cast<uint32_t>(g.first_offset), g.nobjs, shift};
+  return {g.inverse, static_cast<uint32_t>(g.mask), g.first_offset, g.nobjs, g.shift};
 }
 
 inline constexpr size_t max_object = size_t{256} << 10;
 inline constexpr size_t min_slab = size_t{64} << 10;
-static_assert(max_object * 16 <= UINT32_MAX, "start_test keeps a slab's mask in 32 bits");
+static_assert(max_object * 16 <= UINT32_MAX, "geometry and start_test keep sizes and offsets in 32 bits");
 
 // Functions returning int give 0 (or a count) on success, -errno on failure.
 zone *zone_create(const char *name, size_t objsize, size_t align, unsigned flags);

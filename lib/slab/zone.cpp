@@ -4,6 +4,7 @@
 // Zone structures come from a zone of zones seeded by a static reserve, so
 // creating a zone never calls malloc and can happen before the OS has given
 // the library a single page.
+#include <bit>
 #include <cerrno>
 #include <cstring>
 
@@ -58,13 +59,16 @@ bool init_zone(zone *z, const char *name, size_t objsize, size_t align) {
   z->magic = zone_magic;
   std::strncpy(z->name, name ? name : "(unnamed)", sizeof z->name - 1);
   z->name[sizeof z->name - 1] = '\0';
-  z->objsize = objsize;
-  z->first_offset = round_up(sizeof(slab), align);
+  z->objsize = static_cast<uint32_t>(objsize);
+  z->first_offset = static_cast<uint32_t>(round_up(sizeof(slab), align));
   z->slab_size = min_slab;
   while ((z->slab_size - z->first_offset) / objsize < 8) z->slab_size <<= 1;
   z->nobjs = static_cast<uint32_t>((z->slab_size - z->first_offset) / objsize);
   z->mask = z->slab_size - 1;
-  z->reciprocal = ~uint64_t{0} / objsize + 1;
+  z->shift = static_cast<uint16_t>(std::countr_zero(objsize));
+  uint64_t odd = objsize >> z->shift, inverse = odd;  // correct to 3 bits; each step doubles them
+  for (int i = 0; i < 5; ++i) inverse *= 2 - odd * inverse;
+  z->inverse = inverse;
   // A batch fills about a page, so refills fault pages in one at a time.
   size_t batch = os::page_size() / objsize;
   z->batch = static_cast<uint32_t>(batch < 4 ? 4 : batch > 64 ? 64 : batch);
