@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <sysref/kmalloc_obj.h>
+#include <sys/mman.h>
 #include <sysref/os.h>
 #include <thread>
 #include <unistd.h>
@@ -236,6 +237,51 @@ Test(slab, spares_start_with_a_zones_second_slab) {
   s = zstats(z);
   cr_expect_gt(s.proactive_maps, 0u, "the second slab starts the spare stock");
   cr_expect_geq(s.slabs_spare, 1u);
+  free_all(z, v);
+  kmalloc_obj_zone_destroy(z);
+}
+
+// Pages of [base, base + len) that are resident (mincore).
+size_t resident_pages(uintptr_t base, size_t len) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> vec(len / page);
+  cr_assert_eq(mincore(reinterpret_cast<void *>(base), len, vec.data()), 0, "mincore: errno %d", errno);
+  return static_cast<size_t>(std::count_if(vec.begin(), vec.end(), [](unsigned char c) { return c & 1; }));
+}
+
+// A zone's first slab faults its pages in as its objects are carved; once
+// the zone holds several slabs, a slab's next pages are made resident ahead
+// of the carving, as many as the zone holds slabs (populate_ahead).
+Test(slab, a_growing_zone_makes_pages_resident_ahead_and_a_first_slab_does_not) {
+  {  // a kernel without MADV_POPULATE_WRITE (before 5.14) faults as before
+    void *probe = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    cr_assert_neq(probe, MAP_FAILED);
+    int r = madvise(probe, 4096, MADV_POPULATE_WRITE);
+    munmap(probe, 4096);
+    if (r != 0) cr_skip("madvise(MADV_POPULATE_WRITE): errno %d", errno);
+  }
+  const size_t size = 256, page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  kmalloc_zone_t *z = kmalloc_obj_zone_create("t.populate", size, 0, 0);
+  cr_assert_not_null(z);
+  cr_assert_eq(kmalloc_obj_set_spare(z, 0, 0), 0);  // only the slabs in use count
+  kmalloc_zone_stats s = zstats(z);
+  const size_t pages = s.slab_size / page, mask = s.slab_size - 1;
+  std::vector<void *> v{kmalloc_obj(z, 0)};
+  auto slab_of = [mask](void *p) { return reinterpret_cast<uintptr_t>(p) & ~uintptr_t{mask}; };
+  // The header's page and the first batch's (about a page of objects).
+  cr_expect_leq(resident_pages(slab_of(v[0]), s.slab_size), 2u, "a zone's first slab is not populated");
+
+  while (v.size() < 4 * s.objs_per_slab) v.push_back(kmalloc_obj(z, 0));
+  void *p = kmalloc_obj(z, 0);  // the first object of a fifth slab
+  cr_assert_not_null(p);
+  v.push_back(p);
+  for (void *q : v) cr_assert_not_null(q);
+  s = zstats(z);
+  cr_assert_geq(s.slabs, 5u);
+  size_t resident = resident_pages(slab_of(p), s.slab_size);
+  cr_expect_geq(resident, 5u, "pages made resident ahead: %zu of %zu", resident, pages);
+  cr_expect_leq(resident, 2 + s.slabs, "no more ahead than the zone holds slabs: %zu, %zu slabs", resident,
+                static_cast<size_t>(s.slabs));
   free_all(z, v);
   kmalloc_obj_zone_destroy(z);
 }

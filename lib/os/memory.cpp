@@ -93,6 +93,16 @@ void decommit(void *p, size_t size) {
   g.decommitted.fetch_add(size, std::memory_order_relaxed);
 }
 
+void populate(void *p, size_t size) {
+#ifdef MADV_POPULATE_WRITE
+  if (!p || size == 0) return;
+  ::madvise(p, size, MADV_POPULATE_WRITE);
+  g.madvise_calls.fetch_add(1, std::memory_order_relaxed);
+#else
+  (void)p, (void)size;
+#endif
+}
+
 void *reserve(size_t size, size_t align) {
   const size_t page = page_size();
   if (size == 0 || size % page != 0 || align < page || (align & (align - 1)) != 0) return nullptr;

@@ -28,6 +28,10 @@ void *map(size_t size, size_t align, use u = use::data);
 void unmap(void *p, size_t size, use u = use::data);
 // Give the physical pages back but keep the range mapped (reads as zero).
 void decommit(void *p, size_t size);
+// Make the pages of a mapped range resident and writable now, in one call
+// instead of one fault per page (MADV_POPULATE_WRITE). Best effort: a kernel
+// without it (before 5.14) or short of memory leaves them to fault later.
+void populate(void *p, size_t size);
 // Address space without memory, for a heap that places its own blocks:
 // reserve() takes size bytes aligned to align, inaccessible and not counted
 // as mapped; commit() makes a page-aligned part of it usable data (one page

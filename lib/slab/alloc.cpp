@@ -45,6 +45,26 @@ uint32_t give_to_free(slab *s, uintptr_t list) {
   return n;
 }
 
+// The pages up to end (carve's next objects) are about to be written: in a
+// zone that holds several slabs (one that grows) they are made resident
+// ahead, with the pages after them, in one call, instead of one fault per
+// page. Each fault is a trap into the kernel (16 us on the 2-vCPU VM of
+// bench/results, against 1.4 us per page populated). Ahead by as many pages
+// as the zone holds slabs: a slab is 16 pages or more, so at most 1/16 of a
+// zone's memory is resident before it is used.
+void populate_ahead(zone *z, slab *s, uintptr_t end) {
+  const size_t page = os::page_size();
+  uintptr_t base = base_of(s), done = base + s->resident * page;
+  if (end <= done) return;
+  size_t held = 0;
+  for (const slab_list &l : z->lists) held += l.count;
+  if (held < 2) return;  // a zone's first slab faults its pages in one at a time
+  size_t from = (end - base - 1) / page, pages = z->slab_size / page;  // end's page, then ahead
+  size_t to = from + held < pages ? from + held : pages;
+  os::populate(reinterpret_cast<void *>(done), base + to * page - done);
+  s->resident = static_cast<uint16_t>(to);
+}
+
 // Up to max never-used objects as a base-terminated list (lock held).
 uintptr_t carve(zone *z, slab *s, uint32_t max) {
   uintptr_t base = base_of(s);
@@ -52,6 +72,7 @@ uintptr_t carve(zone *z, slab *s, uint32_t max) {
   if (n > max) n = max;
   if (n == 0) return base;
   uintptr_t first = base + z->first_offset + uintptr_t{s->bump} * z->objsize;
+  populate_ahead(z, s, first + uintptr_t{n} * z->objsize);
   for (uint32_t i = 0; i < n; ++i) {
     uintptr_t obj = first + uintptr_t{i} * z->objsize;
     words(obj)[0] = i + 1 < n ? obj + z->objsize : base;

@@ -51,6 +51,7 @@ void init_slab(zone *z, slab *s, bool is_reserve) {
   s->free = base;
   s->nfree = z->nobjs;
   s->bump = 0;
+  s->resident = 0;
   s->is_reserve = is_reserve;
   s->prev = s->next = nullptr;
 }
@@ -117,6 +118,7 @@ void move(zone *z, slab *s, where to) {
 slab *retire_empty(zone *z, slab *s) {
   s->free = base_of(s);  // forget the scattered list: the next user carves in order
   s->bump = 0;
+  s->resident = 0;  // the decay may decommit it: the next carve populates again
   s->nfree = z->nobjs;
   if (s->is_reserve) {
     move(z, s, where::reserve);

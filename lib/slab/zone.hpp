@@ -53,6 +53,7 @@ struct slab {
   uint32_t bump;   // index of the first never-used object
   where list;
   bool is_reserve;
+  uint16_t resident;  // pages from the base made resident by populate_ahead (alloc.cpp)
   slab *prev, *next;
 };
 static_assert(sizeof(slab) <= 64, "a slab header fits one line");
