@@ -39,6 +39,7 @@ inline void *unmarked(void *p) {
   mark_word(p) = 0;
   return p;
 }
+
 // Reported, counted, and the block left where it is (free keeps errno).
 [[gnu::noinline, gnu::cold]] void double_free(void *p) {
   int saved = errno;

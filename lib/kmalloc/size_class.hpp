@@ -53,11 +53,13 @@ inline unsigned class_index(size_t size) {
 // objects are aligned to min(size, page size).
 inline unsigned pow2_class_index(size_t n) { return class_index(std::bit_ceil(n < 16 ? 16 : n)); }
 
-// One cache line per class: malloc reads its cache. (free finds the class's
-// cache and double-free keys in the zone's geometry line: set_tag.)
+// One cache line per class: malloc reads its fast word above 1 KiB (below,
+// g_small_words) and its cache when the pop refuses. (free finds the
+// class's cache, double-free keys and fast word in the zone's geometry
+// line: set_tag.)
 struct alignas(64) size_class {
   std::atomic<objcache::cache *> cache;  // null until the first allocation
-  std::atomic<uintptr_t> fast_word;       // objcache::fast_word_of(cache), then; 0 before
+  std::atomic<uintptr_t> fast_word;       // objcache::fast_word_of(cache) once made; 0 before
   slab::zone *zone;                       // set before cache is published
   uint32_t size;
   uint32_t align;

@@ -90,10 +90,6 @@ void put_slow(cache *c, void *obj);
 [[gnu::noinline]] void *get_refused(cache *c, int flags);
 [[gnu::noinline]] void put_refused(cache *c, void *obj);
 
-// get and put, inline for the layers above: one restartable sequence on the
-// loaded magazine. obj must belong to the cache (callers check; see
-// slab::holds). put, and get with SR_NOWAIT, are async-signal-safe: they
-// never wait for a lock the interrupted frame may hold (cache.cpp, Signals).
 // A cache's fast-path word, fixed while the cache exists, for a layer that
 // keeps it beside its own lookup of the cache (kmalloc's size tables): then
 // get_at pops with it and the get reads no line of the cache. get_at gives
@@ -106,15 +102,13 @@ SR_RSEQ_FN bool get_at(uintptr_t fast_word, void *&obj) {
   return true;
 }
 
+// get and put, inline for the layers above: one restartable sequence on the
+// loaded magazine. obj must belong to the cache (callers check; see
+// slab::holds). put, and get with SR_NOWAIT, are async-signal-safe: they
+// never wait for a lock the interrupted frame may hold (cache.cpp, Signals).
 SR_RSEQ_FN void *get_inline(cache *c, int flags) {
   if (void *obj; __builtin_expect(get_at(fast_word_of(c), obj), 1)) return obj;
   return get_refused(c, flags);
-}
-
-// Whether p is the start of one of c's objects (p inside one of its slabs),
-// from the head's line only.
-inline bool starts_object(const cache *c, uintptr_t p) {
-  return reinterpret_cast<const cache_head *>(c)->starts(p);
 }
 
 // put_inline for a cache made with no limit, where nobody ever waits (so
@@ -128,8 +122,7 @@ SR_RSEQ_FN void put_inline(cache *c, void *obj) {
   auto *h = reinterpret_cast<cache_head *>(c);
   // Someone sleeps at the limit: this object must be destroyed, not cached.
   if (__builtin_expect(h->waiters.load(std::memory_order_relaxed) == 0, 1) &&
-      __builtin_expect(percpu::stack_push_rseq(h->fast_word, percpu::fast_path_rseq_off(),
-                                                       reinterpret_cast<uintptr_t>(obj)), 1))
+      __builtin_expect(put_at(h->fast_word, obj), 1))
     return;
   put_refused(c, obj);
 }
