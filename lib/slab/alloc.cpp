@@ -51,11 +51,12 @@ uint32_t give_to_free(slab *s, uintptr_t list) {
 // page. Each fault is a trap into the kernel (16 us on the 2-vCPU VM of
 // bench/results, against 1.4 us per page populated). Ahead by as many pages
 // as the zone holds slabs: a slab is 16 pages or more, so at most 1/16 of a
-// zone's memory is resident before it is used.
+// zone's memory is resident before it is used. Not a reserve slab: that
+// memory is the caller's, and only what carve writes is touched.
 void populate_ahead(zone *z, slab *s, uintptr_t end) {
   const size_t page = os::page_size();
   uintptr_t base = base_of(s), done = base + s->resident * page;
-  if (end <= done) return;
+  if (end <= done || s->is_reserve) return;
   size_t held = 0;
   for (const slab_list &l : z->lists) held += l.count;
   if (held < 2) return;  // a zone's first slab faults its pages in one at a time
