@@ -1,4 +1,4 @@
-// The SYSREF race, shared by the Criterion suite (test_sysref.cpp,
+// The SYSREF race, shared by the Criterion suite (test_sysref_index.cpp,
 // lookups_and_foreach_race_termination) and the plain stress executable
 // (stress/sysref.cpp, sysref-race, which is what the TSan flavour runs).
 // Each brings its own harness: the threads and the storm they run under,

@@ -1,5 +1,5 @@
 // The SYSREF scenario: lookups and foreach walks against termination, the
-// race of ../sysref_race.hpp (shared with test_sysref.cpp's
+// race of ../sysref_race.hpp (shared with test_sysref_index.cpp's
 // lookups_and_foreach_race_termination) as a plain executable, which is what
 // the TSan flavour runs.
 #include "../sysref_race.hpp"
