@@ -23,13 +23,6 @@ inline bool aligned_to(const void *p, size_t a) { return addr(p) % a == 0; }
 
 inline uint64_t errors() { return km::snapshot().errors; }
 
-inline void pin(unsigned cpu) {
-  cpu_set_t s;
-  CPU_ZERO(&s);
-  CPU_SET(cpu % std::thread::hardware_concurrency(), &s);
-  sched_setaffinity(0, sizeof s, &s);
-}
-
 inline unsigned char pattern(uint64_t seed, size_t i) { return static_cast<unsigned char>(seed * 131 + i * 7 + (i >> 8)); }
 
 inline bool holds(const void *p, size_t n, uint64_t seed) {

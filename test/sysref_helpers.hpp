@@ -184,11 +184,4 @@ inline void expect_consistent(const struct sysref_stats &s, const char *when) {
   cr_expect_leq(s.retired, s.destructions, "%s", when);
 }
 
-inline void pin(unsigned cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu % std::max(1u, std::thread::hardware_concurrency()), &set);
-  sched_setaffinity(0, sizeof set, &set);
-}
-
 }  // namespace test_sysref

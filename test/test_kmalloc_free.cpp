@@ -19,6 +19,7 @@
 #include <unistd.h>
 #include <vector>
 
+#include "crew.hpp"
 #include "kmalloc/kmalloc.hpp"
 #include "kmalloc/large.hpp"
 #include "slab/slab.hpp"
@@ -182,7 +183,7 @@ Test(kmalloc, double_free_of_small_blocks_is_detected, .init = count_errors) {
 // The slab layer's free marker is a free mark too: a block freed, then given
 // back to its slab by a reclaim, and freed again, is a double free.
 Test(kmalloc, double_free_after_the_block_went_back_to_its_slab, .init = count_errors) {
-  pin(0);  // one CPU: its magazines are the ones reclaim empties
+  test_crew::pin_to(0);  // one CPU: its magazines are the ones reclaim empties
   for (size_t size : {size_t{16}, size_t{96}, size_t{1000}, 32 * KiB}) {
     void *keep = sr_malloc(size);  // the slab stays in use, so it stays mapped
     void *p = sr_malloc(size);
@@ -259,7 +260,7 @@ Test(kmalloc, reuse_of_a_freed_address_is_not_a_double_free, .init = count_error
 // Blocks that went through a magazine, back to the slab layer (reclaim) and
 // out again carry neither kmalloc's mark nor the slab layer's marker.
 Test(kmalloc, blocks_handed_out_after_a_reclaim_carry_no_mark, .init = count_errors) {
-  pin(0);
+  test_crew::pin_to(0);
   uint64_t e = errors();
   std::vector<void *> v;
   for (int i = 0; i < 500; ++i) v.push_back(sr_malloc(static_cast<size_t>(i % 8 + 1) * 16));
@@ -324,7 +325,7 @@ bool stamped(const void *p, size_t s, uint64_t seed) {
 }
 
 void worker(int who, ring &out, ring &in, long total, std::atomic<long> &bad) {
-  pin(static_cast<unsigned>(who));
+  test_crew::pin_to(static_cast<unsigned>(who));
   long made = 0, taken = 0;
   while ((made < total || taken < total) && bad.load(std::memory_order_relaxed) == 0) {
     bool progress = false;

@@ -86,7 +86,7 @@ Test(kmalloc, nowait_and_reserve_flags_pass_through) {
 // mappings are unmapped; what it returns is what left the caches, and a
 // second call finds nothing.
 Test(kmalloc, reclaim_gives_cached_blocks_and_kept_mappings_back) {
-  pin(0);  // one CPU: its magazines are the ones reclaim empties
+  test_crew::pin_to(0);  // one CPU: its magazines are the ones reclaim empties
   kmalloc_reclaim();
   std::vector<void *> v;
   for (int i = 0; i < 200; ++i) v.push_back(sr_malloc(48));
@@ -232,7 +232,7 @@ void no_spare_slabs() {
 }
 
 Test(kmalloc, fault_injection_sweep, .init = no_spare_slabs) {
-  pin(0);  // one CPU: its magazines are the ones reclaim empties
+  test_crew::pin_to(0);  // one CPU: its magazines are the ones reclaim empties
   const size_t mix[] = {24, 200, 1500, 7000, 30000, 50000, 100, 400 * KiB, 64, 3000, 2 * MiB, 0, 777};
   auto round = [&](std::vector<void *> &v) {
     for (size_t s : mix) {
@@ -365,7 +365,7 @@ void decay_after_a_second() { setenv("SYSREF_DECAY_MS", "1000", 1); }
 
 // A second: rounds on a loaded machine stay well within it.
 Test(kmalloc, a_busy_loop_maps_nothing_after_its_first_round, .init = decay_after_a_second) {
-  pin(0);  // one CPU: every round needs the same slabs (a move could strand a few on another CPU)
+  test_crew::pin_to(0);  // one CPU: every round needs the same slabs (a move could strand a few on another CPU)
   std::vector<void *> v;
   for (int round = 0; round < 6; ++round) {
     uint64_t calls = os_map_calls();

@@ -72,13 +72,6 @@ struct objcache_stats stats_of(objcache_t *oc) {
   return s;
 }
 
-void pin(unsigned cpu) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu % std::thread::hardware_concurrency(), &set);
-  sched_setaffinity(0, sizeof set, &set);
-}
-
 uint64_t data_mapped() {
   struct sysref_os_stats s;
   sysref_os_stats(&s);
@@ -94,7 +87,7 @@ void count_errors() { setenv("SYSREF_ON_ERROR", "count", 1); }
 }  // namespace
 
 Test(objcache, ctor_runs_once_per_object_not_per_get) {
-  pin(0);
+  test_crew::pin_to(0);
   objcache_t *oc = widgets();
   for (int round = 0; round < 1000; ++round) {
     std::vector<widget *> v;
@@ -182,7 +175,7 @@ Test(objcache, limit_nowait_and_waitok) {
 }
 
 Test(objcache, reclaim_gives_memory_back) {
-  pin(0);
+  test_crew::pin_to(0);
   // A ctor: its depot keeps every magazine (a ctor-less one keeps a few).
   objcache_t *oc = objcache_create("t.reclaim", 256, 0, stamp_ctor, nullptr, nullptr, 0, 0);
   std::vector<void *> v;
@@ -201,7 +194,7 @@ Test(objcache, reclaim_gives_memory_back) {
 
 // What the working set did not use in an interval goes back to the slabs.
 Test(objcache, reaping_returns_what_the_working_set_left_unused, .init = fast_reaping) {
-  pin(0);
+  test_crew::pin_to(0);
   objcache_t *oc = widgets();
   std::vector<void *> v;
   // Magazines of widgets hold 255 (objcache(3)): a burst of 12000 fills
@@ -235,7 +228,7 @@ Test(objcache, magazines_grow_under_a_contended_two_thread_load, .init = fast_re
   objcache_t *oc = objcache_create("t.grow", 512, 0, nullptr, nullptr, nullptr, 0, 0);  // starts at 31
   std::atomic<bool> stop{false};
   auto worker = [&](unsigned cpu) {
-    pin(cpu);
+    test_crew::pin_to(cpu);
     std::vector<void *> v;
     while (!stop.load(std::memory_order_relaxed)) {
       for (int i = 0; i < 64; ++i) v.push_back(objcache_get(oc, 0));
@@ -264,7 +257,7 @@ Test(objcache, cross_thread_puts_keep_contents) {
   std::atomic<widget *> slots[ring] = {};
   std::atomic<long> bad{0};
   std::thread producer([&] {
-    pin(0);
+    test_crew::pin_to(0);
     for (long i = 0; i < total; ++i) {
       auto *w = static_cast<widget *>(objcache_get(oc, 0));
       if (w->magic != built) bad.fetch_add(1);
@@ -274,7 +267,7 @@ Test(objcache, cross_thread_puts_keep_contents) {
     }
   });
   std::thread consumer([&] {
-    pin(1);
+    test_crew::pin_to(1);
     for (long i = 0; i < total; ++i) {
       widget *w;
       while (!(w = slots[i % ring].load(std::memory_order_acquire))) sched_yield();
@@ -296,7 +289,7 @@ Test(objcache, cross_thread_puts_keep_contents) {
 // The get/put counts live in the magazine word until they near 2^27; the
 // fold that moves them out must keep the totals exact.
 Test(objcache, counts_stay_exact_past_the_fold, .timeout = 120) {
-  pin(0);
+  test_crew::pin_to(0);
   objcache_t *oc = objcache_create("t.fold", 32, 0, nullptr, nullptr, nullptr, 0, 0);
   const long pairs = (1L << 27) + 12345;
   for (long i = 0; i < pairs; ++i) objcache_put(oc, objcache_get(oc, 0));
@@ -393,13 +386,13 @@ Test(objcache, reclaim_takes_other_cpus_magazines) {
   if (std::thread::hardware_concurrency() < 2) cr_skip_test("needs two CPUs");
   objcache_t *oc = widgets();
   std::thread t([&] {
-    pin(1);
+    test_crew::pin_to(1);
     std::vector<void *> v;
     for (int i = 0; i < 50; ++i) v.push_back(objcache_get(oc, 0));  // fits CPU 1's magazines
     for (void *p : v) objcache_put(oc, p);
   });
   t.join();
-  pin(0);
+  test_crew::pin_to(0);
   cr_assert_eq(stats_of(oc).cached, 50u);
   objcache_reclaim(oc);
   struct objcache_stats s = stats_of(oc);
@@ -414,13 +407,13 @@ Test(objcache, limit_reaches_objects_stranded_on_another_cpu) {
   if (std::thread::hardware_concurrency() < 2) cr_skip_test("needs two CPUs");
   objcache_t *oc = widgets(8);
   std::thread t([&] {
-    pin(1);
+    test_crew::pin_to(1);
     void *v[8];
     for (auto &p : v) p = objcache_get(oc, 0);
     for (auto *p : v) objcache_put(oc, p);
   });
   t.join();
-  pin(0);
+  test_crew::pin_to(0);
   std::vector<void *> got;
   for (int i = 0; i < 8; ++i) {
     void *p = objcache_get(oc, SR_NOWAIT);
@@ -756,7 +749,7 @@ Test(objcache, nowait_on_a_fresh_cache_of_every_size) {
 // the objects go back to their slabs and the slabs through the pool to the
 // OS. A cache that keeps cycling within the delay keeps its depot.
 Test(objcache, an_idle_cache_gives_its_depot_back) {
-  pin(0);
+  test_crew::pin_to(0);
   // A ctor keeps its depot whole; no dtor lets other caches' slow paths empty it.
   objcache_t *idle = objcache_create("t.idle", 256, 0, stamp_ctor, nullptr, nullptr, 0, 0);
   objcache_t *busy = objcache_create("t.busy", 64, 0, nullptr, nullptr, nullptr, 0, 0);
@@ -793,7 +786,7 @@ Test(objcache, an_idle_cache_gives_its_depot_back) {
 // next gets would make the objects again). Once the gets stop, the next
 // idle period takes them.
 Test(objcache, a_cache_served_by_its_magazines_keeps_them_while_in_use) {
-  pin(0);
+  test_crew::pin_to(0);
   objcache_t *used = objcache_create("t.inuse", 64, 0, nullptr, nullptr, nullptr, 0, 0);
   objcache_t *busy = objcache_create("t.driver", 64, 0, nullptr, nullptr, nullptr, 0, 0);
   void *ring[10];
@@ -833,7 +826,7 @@ Test(objcache, a_cache_served_by_its_magazines_keeps_them_while_in_use) {
 // the slab layer, where empty slabs serve every other zone. And a get that
 // finds its depot dry fills a whole magazine from the slab at once.
 Test(objcache, a_ctorless_cache_caps_its_depot_and_fills_by_the_magazine) {
-  pin(0);
+  test_crew::pin_to(0);
   objcache_t *oc = objcache_create("t.cap", 128, 0, nullptr, nullptr, nullptr, 0, 0);
   std::vector<void *> v;
   for (int i = 0; i < 20000; ++i) v.push_back(objcache_get(oc, 0));

@@ -17,6 +17,7 @@
 #include <unistd.h>
 #include <vector>
 
+#include "crew.hpp"
 #include "sysref_helpers.hpp"
 
 // Classes are designated-initialised as sysref(3) says, naming only the
@@ -233,7 +234,7 @@ Test(sysref, references_taken_in_terminate_keep_the_object_out_of_the_cache) {
 }
 
 Test(sysref, an_unseen_terminated_object_returns_to_the_cache_after_its_last_reference) {
-  pin(0);
+  test_crew::pin_to(0);
   thing *t = make_active();
   sysid_t id = raw_id(t);
   uint64_t serial = t->serial;
@@ -257,7 +258,7 @@ Test(sysref, an_unseen_terminated_object_returns_to_the_cache_after_its_last_ref
 }
 
 Test(sysref, putting_a_creating_object_aborts_the_creation) {
-  pin(0);
+  test_crew::pin_to(0);
   thing *t = make();
   sysref_put(&t->sr);
   cr_expect_eq(g_terminations.load(), 0, "no terminate for an object never activated");
@@ -304,7 +305,7 @@ Test(sysref, temporary_references_of_a_creating_object_survive_activation) {
 }
 
 Test(sysref, get_not_zero_takes_only_active_objects) {
-  pin(0);
+  test_crew::pin_to(0);
   thing *t = make();
   cr_expect_not(sysref_get_not_zero(&t->sr), "creating");
   activate(t);
@@ -361,7 +362,7 @@ Test(sysref, terminate_may_call_the_library, .timeout = 20) {
 }
 
 Test(sysref, a_class_without_terminate) {
-  pin(0);
+  test_crew::pin_to(0);
   thing *t = make_active(&plain);
   sysref_put(&t->sr);
   struct sysref_stats s = stats(&plain);
@@ -446,7 +447,7 @@ void expect_class_works(struct sysref_class *cls, const char *when) {
 // object, the call does nothing harmful, and the class goes on working.
 Test(sysref, misuse_is_reported_with_the_class_and_harms_nothing, .init = count_errors) {
   static struct sysref_class misused = thing_class("t.misused", &g_other_counts);
-  pin(0);
+  test_crew::pin_to(0);
   // A put on a given-back object.
   thing *a = make(&misused);
   sysref_put(&a->sr);
@@ -494,7 +495,7 @@ Test(sysref, misuse_is_reported_with_the_class_and_harms_nothing, .init = count_
 // ---- statistics and classes ------------------------------------------------------------
 
 Test(sysref, stats_add_up) {
-  pin(0);
+  test_crew::pin_to(0);
   thing *a1 = make(), *a2 = make(), *a3 = make(), *a4 = make(), *a5 = make();
   thing *b1 = make(&others), *b2 = make(&others);
   activate(a2);

@@ -108,7 +108,7 @@ Test(sysref, a_sysid_read_with_sysref_sysid_never_comes_back, .timeout = 120) {
 // (sysref(3): "asked for it while it belonged to an object, whatever the
 // lookup returned"): it must never be handed out again either.
 Test(sysref, a_cached_sysid_that_was_looked_up_never_comes_back, .timeout = 120) {
-  pin(0);
+  test_crew::pin_to(0);
   thing *t = make_active();
   sysid_t id = raw_id(t);
   sysref_put(&t->sr);  // unseen: cached with its sysid
@@ -121,7 +121,7 @@ Test(sysref, a_cached_sysid_that_was_looked_up_never_comes_back, .timeout = 120)
 }
 
 Test(sysref, unseen_objects_come_back_constructed_with_their_sysid) {
-  pin(0);
+  test_crew::pin_to(0);
   std::map<thing *, std::pair<sysid_t, uint64_t>> known;  // object -> sysid, serial
   constexpr int rounds = 1000, batch = 40;
   for (int r = 0; r < rounds; ++r) {
@@ -438,7 +438,7 @@ Test(sysref, reparenting_drops_the_previous_parent) {
 }
 
 Test(sysref, an_aborted_creation_drops_its_parent) {
-  pin(0);
+  test_crew::pin_to(0);
   thing *p = make_active(), *c = make();
   sysref_set_parent(&c->sr, &p->sr);
   sysref_put(&p->sr);
