@@ -49,10 +49,11 @@ uint32_t give_to_free(slab *s, uintptr_t list) {
 // zone that holds several slabs (one that grows) they are made resident
 // ahead, with the pages after them, in one call, instead of one fault per
 // page. Each fault is a trap into the kernel (16 us on the 2-vCPU VM of
-// bench/results, against 1.4 us per page populated). Ahead by as many pages
-// as the zone holds slabs: a slab is 16 pages or more, so at most 1/16 of a
-// zone's memory is resident before it is used. Not a reserve slab: that
-// memory is the caller's, and only what carve writes is touched.
+// bench/results, against 1.4 us per page populated). The slabs bound to
+// CPUs share the pages ahead: all together at most as many as the zone
+// holds slabs, and a slab is 16 pages or more, so at most 1/16 of a zone's
+// memory is resident before it is used. Not a reserve slab: that memory is
+// the caller's, and only what carve writes is touched.
 void populate_ahead(zone *z, slab *s, uintptr_t end) {
   const size_t page = os::page_size();
   uintptr_t base = base_of(s), done = base + s->resident * page;
@@ -60,8 +61,9 @@ void populate_ahead(zone *z, slab *s, uintptr_t end) {
   size_t held = 0;
   for (const slab_list &l : z->lists) held += l.count;
   if (held < 2) return;  // a zone's first slab faults its pages in one at a time
+  size_t bound = z->on(where::active).count, ahead = held / (bound ? bound : 1);  // >= 1: bound <= held
   size_t from = (end - base - 1) / page, pages = z->slab_size / page;  // end's page, then ahead
-  size_t to = from + held < pages ? from + held : pages;
+  size_t to = from + ahead < pages ? from + ahead : pages;
   os::populate(reinterpret_cast<void *>(done), base + to * page - done);
   s->resident = static_cast<uint16_t>(to);
 }
