@@ -233,7 +233,8 @@ size_t resident_pages(uintptr_t base, size_t len) {
 
 // A zone's first slab faults its pages in as its objects are carved; once
 // the zone holds several slabs, a slab's next pages are made resident ahead
-// of the carving, as many as the zone holds slabs (populate_ahead).
+// of the carving, as many as the zone holds slabs divided among the slabs
+// bound to CPUs (populate_ahead). On one CPU, so that one slab is bound.
 Test(slab, a_growing_zone_makes_pages_resident_ahead_and_a_first_slab_does_not) {
   {  // a kernel without MADV_POPULATE_WRITE (before 5.14) faults as before
     void *probe = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -242,6 +243,7 @@ Test(slab, a_growing_zone_makes_pages_resident_ahead_and_a_first_slab_does_not) 
     munmap(probe, 4096);
     if (r != 0) cr_skip("madvise(MADV_POPULATE_WRITE): errno %d", errno);
   }
+  pin_to(0);
   const size_t size = 256, page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   kmalloc_zone_t *z = kmalloc_obj_zone_create("t.populate", size, 0, 0);
   cr_assert_not_null(z);
