@@ -163,15 +163,23 @@ SR_FAST_ENTRY void *alloc_plain(size_t size) {
 }
 
 namespace {
+// free's rest: a large block, another layer's zone, an interior pointer;
+// with no owner, NULL (nothing to do) or a pointer the page map does not
+// know: unmapped's (free_or), or reported as foreign (free).
+[[gnu::noinline]] void free_rest(void *p, uintptr_t owner, void (*unmapped)(void *)) {
+  if (!p) return;
+  if (!owner && unmapped) return unmapped(p);
+  free_other(p);
+}
+
 // free's fast path: the page map, then one zone line (layout, tag, and the
 // class's objcache, key and fast word), then the push: three dependent loads
 // before the CPU's magazine. A zone carries a tag only when kmalloc made it
 // for a class (set_tag, once), so a tag in range names the class. Every
 // call is a tail call, so the path needs no stack frame; whatever is not a
 // small block of a class (NULL too: the page map has no owner for address
-// 0) goes to rest(p, owner, arg) with the page map's owner.
-template <void (*rest)(void *, uintptr_t, void (*)(void *))>
-[[gnu::always_inline]] inline void free_block(void *p, void (*arg)(void *)) {
+// 0) goes to free_rest.
+[[gnu::always_inline]] inline void free_block(void *p, void (*unmapped)(void *)) {
   auto a = reinterpret_cast<uintptr_t>(p);
   auto owner = reinterpret_cast<uintptr_t>(slab::pagemap::get(a));
   // The fast path touches no errno; the slow paths (objcache::put_slow,
@@ -182,23 +190,12 @@ template <void (*rest)(void *, uintptr_t, void (*)(void *))>
     if (__builtin_expect(g.tag - 1u < num_classes && slab::starts_object(g, a), 1))  // tag 0 wraps
       return free_small(g, oc, p);
   }
-  return rest(p, owner, arg);
-}
-
-// free's rest: a large block, another layer's zone, an interior pointer;
-// with no owner, NULL (nothing to do) or a foreign pointer (reported).
-[[gnu::noinline]] void free_rest(void *p, uintptr_t, void (*)(void *)) {
-  if (p) free_other(p);
-}
-// free_or's: as free's, but an unmapped pointer goes to unmapped.
-[[gnu::noinline]] void free_rest_or(void *p, uintptr_t owner, void (*unmapped)(void *)) {
-  if (owner) free_other(p);
-  else if (p) unmapped(p);
+  return free_rest(p, owner, unmapped);
 }
 }  // namespace
 
-SR_FAST_ENTRY void free(void *p) { free_block<free_rest>(p, nullptr); }
-SR_FAST_ENTRY void free_or(void *p, void (*unmapped)(void *)) { free_block<free_rest_or>(p, unmapped); }
+SR_FAST_ENTRY void free(void *p) { free_block(p, nullptr); }
+SR_FAST_ENTRY void free_or(void *p, void (*unmapped)(void *)) { free_block(p, unmapped); }
 
 namespace {
 // A block that realloc grew out of its class is likely to grow again (a

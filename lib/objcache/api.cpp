@@ -42,9 +42,7 @@ namespace sysref::objcache {
 // the retried section are done here, short of the slow path's set-up.
 void *get_refused(cache *c, int flags) {
   if (percpu::rseq_mode()) {
-    if (uintptr_t obj; percpu::stack_swap_if(c->loaded_off, true) &&
-                       percpu::stack_pop_rseq(c->fast_word, percpu::fast_path_rseq_off(), obj))
-      return reinterpret_cast<void *>(obj);
+    if (void *obj; percpu::stack_swap_if(c->loaded_off, true) && get_at(c->fast_word, obj)) return obj;
     return get_slow(c, flags);
   }
   os::wait w = flags & SR_NOWAIT ? os::wait::no : os::wait::yes;
@@ -58,8 +56,7 @@ void put_refused(cache *c, void *obj) {
   // before any push, as put_inline does.
   if (c->waiters.load(std::memory_order_relaxed) == 0) {
     auto o = reinterpret_cast<uintptr_t>(obj);
-    if (percpu::rseq_mode() ? percpu::stack_swap_if(c->loaded_off, false) &&
-                                  percpu::stack_push_rseq(c->fast_word, percpu::fast_path_rseq_off(), o)
+    if (percpu::rseq_mode() ? percpu::stack_swap_if(c->loaded_off, false) && put_at(c->fast_word, obj)
                             : percpu::stack_push(c->loaded_off, o, os::wait::unless_reentered))
       return;
   }

@@ -97,7 +97,7 @@ void put_slow(cache *c, void *obj);
 inline uintptr_t fast_word_of(const cache *c) { return reinterpret_cast<const cache_head *>(c)->fast_word; }
 SR_RSEQ_FN bool get_at(uintptr_t fast_word, void *&obj) {
   uintptr_t o;
-  if (!percpu::stack_pop_rseq(fast_word, percpu::fast_path_rseq_off(), o)) return false;
+  if (!percpu::stack_pop_rseq(fast_word, o)) return false;
   obj = reinterpret_cast<void *>(o);
   return true;
 }
@@ -115,7 +115,7 @@ SR_RSEQ_FN void *get_inline(cache *c, int flags) {
 // no test of waiters), on its fast word kept by the layer above (kmalloc's
 // zone lines): false: call put_refused.
 SR_RSEQ_FN bool put_at(uintptr_t fast_word, void *obj) {
-  return percpu::stack_push_rseq(fast_word, percpu::fast_path_rseq_off(), reinterpret_cast<uintptr_t>(obj));
+  return percpu::stack_push_rseq(fast_word, reinterpret_cast<uintptr_t>(obj));
 }
 
 SR_RSEQ_FN void put_inline(cache *c, void *obj) {

@@ -238,26 +238,26 @@ inline uintptr_t fast_path_word(size_t offset) {
   return g_region.base + (rseq_mode() ? offset : payload_offset);
 }
 // glibc's __rseq_offset (ensure_init made sure that it fits). Read from
-// here, not from the cache: the load depends on nothing, so the CPU number's
-// load can start at once instead of after the cache's line arrives.
+// the region, not from the caller's cache: the load depends on nothing, so
+// the CPU number's load can start at once.
 inline int32_t fast_path_rseq_off() { return static_cast<int32_t>(g_region.rseq_off); }
 
-SR_RSEQ_FN bool stack_pop_rseq(uintptr_t word, int32_t rseq_off, uintptr_t &item) {
+SR_RSEQ_FN bool stack_pop_rseq(uintptr_t word, uintptr_t &item) {
 #if SYSREF_HAVE_RSEQ
   static_assert(static_cast<uint32_t>(stack_fold_limit) == 0, "the limit's test reads the high half");
-  return rseq_x86::stack_pop_or_refuse(rseq_off, word, static_cast<uint32_t>(stack_fold_limit >> 32),
-                                       stack_pop_delta, item);
+  return rseq_x86::stack_pop_or_refuse(fast_path_rseq_off(), word,
+                                       static_cast<uint32_t>(stack_fold_limit >> 32), stack_pop_delta, item);
 #else
-  (void)word, (void)rseq_off, (void)item;
+  (void)word, (void)item;
   return false;
 #endif
 }
 
-SR_RSEQ_FN bool stack_push_rseq(uintptr_t word, int32_t rseq_off, uintptr_t obj) {
+SR_RSEQ_FN bool stack_push_rseq(uintptr_t word, uintptr_t obj) {
 #if SYSREF_HAVE_RSEQ
-  return rseq_x86::stack_push(rseq_off, word, stack_push_delta, obj);
+  return rseq_x86::stack_push(fast_path_rseq_off(), word, stack_push_delta, obj);
 #else
-  (void)word, (void)rseq_off, (void)obj;
+  (void)word, (void)obj;
   return false;
 #endif
 }
