@@ -157,12 +157,13 @@ Test(objcache, cross_thread_puts_keep_contents) {
   objcache_destroy(oc);
 }
 
-// The get/put counts live in the magazine word until they near 2^27; the
-// fold that moves them out must keep the totals exact.
+// The get/put counts live in the magazine word until they near
+// 2^stack_counter_bits; the fold that moves them out must keep the totals
+// exact (a few folds: four times that many pairs).
 Test(objcache, counts_stay_exact_past_the_fold, .timeout = 120) {
   test_crew::pin_to(0);
   objcache_t *oc = objcache_create("t.fold", 32, 0, nullptr, nullptr, nullptr, 0, 0);
-  const long pairs = (1L << 27) + 12345;
+  const long pairs = (4L << sysref::percpu::stack_counter_bits) + 12345;
   for (long i = 0; i < pairs; ++i) objcache_put(oc, objcache_get(oc, 0));
   struct objcache_stats s = stats_of(oc);
   cr_expect_eq(s.gets, static_cast<uint64_t>(pairs));
@@ -217,6 +218,12 @@ Test(objcache, bad_arguments_and_foreign_objects, .init = count_errors) {
   objcache_put(a, static_cast<char *>(from_b) + 8);      // interior
   void *mine = objcache_get(a, 0);
   cr_expect_not_null(mine, "the cache still works");
+  // Not a cache: put reads no magic on its fast path (its zone test
+  // refuses), so this must be refused there, not pushed through a slot
+  // word of zero (that would fault).
+  uint64_t not_a_cache[16] = {};
+  objcache_put(reinterpret_cast<objcache_t *>(not_a_cache), mine);
+  objcache_put(reinterpret_cast<objcache_t *>(not_a_cache), nullptr);
   cr_expect_eq(stats_of(a).live, 1u, "the bad puts changed nothing");
   objcache_put(a, mine);
   objcache_put(b, from_b);

@@ -263,7 +263,7 @@ Test(percpu, counted_stacks_stay_exact_under_migration_and_signals) {
   for (stack &s : stacks) {
     uint32_t n = static_cast<uint32_t>(s.word & percpu::stack_count_mask);
     counted_pops += s.word >> percpu::stack_hi_shift;
-    counted_pushes += (s.word >> percpu::stack_lo_shift) & ((1u << 27) - 1);
+    counted_pushes += (s.word >> percpu::stack_lo_shift) & percpu::stack_counter_mask;
     for (uint32_t i = 0; i < n; ++i) ++seen[s.items[i] - 1];
   }
   for (size_t t = 0; t < seen.size(); ++t) cr_expect_eq(seen[t], 1, "token %zu seen %d times", t + 1, seen[t]);

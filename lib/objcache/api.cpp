@@ -21,6 +21,12 @@ bool ok(objcache_t *oc) { return oc && C(oc)->magic == sysref::objcache::cache_m
 // slabs are aligned to their size (64 KiB at least), so one holding
 // address 0 would start there, and nothing is ever mapped at 0: the page
 // map has no owner for it.
+//
+// put reads no magic: for a pointer that is not a cache, the word where a
+// cache keeps its zone would have to equal the page map's owner of obj, and
+// a destroyed cache's start test admits nothing (destroy clears it); the
+// refusal then says which it was. objcache_dtor, off the fast path, checks
+// the magic first as well.
 bool belongs(objcache_t *oc, void *obj) {
   const cache *c = C(oc);
   static_assert(sysref::slab::pagemap::foreign_owner_bit == 1, "zones are at least 2-aligned");
@@ -30,8 +36,10 @@ bool belongs(objcache_t *oc, void *obj) {
 
 // The refusals, out of the way of the fast paths.
 [[gnu::cold, gnu::noinline]] void *bad_get(void) { return errno = EINVAL, nullptr; }
-[[gnu::cold, gnu::noinline]] void refuse(const char *what, objcache_t *oc, void *obj) {
-  sysref::os::report_error(what, ok(oc) ? C(oc)->name : nullptr, obj);
+[[gnu::cold, gnu::noinline]] void refuse(const char *not_ours, const char *not_cache, objcache_t *oc,
+                                         void *obj) {
+  if (ok(oc)) return sysref::os::report_error(not_ours, C(oc)->name, obj);
+  sysref::os::report_error(not_cache, nullptr, oc);
 }
 }  // namespace
 
@@ -80,14 +88,14 @@ SR_FAST_ENTRY void *objcache_get(objcache_t *oc, int flags) {
 }
 
 SR_FAST_ENTRY void objcache_put(objcache_t *oc, void *obj) {
-  if (__builtin_expect(!ok(oc) || !belongs(oc, obj), 0))
-    return refuse("objcache_put: object not from this cache", oc, obj);
+  if (__builtin_expect(!oc || !belongs(oc, obj), 0))
+    return refuse("objcache_put: object not from this cache", "objcache_put: not a cache", oc, obj);
   sysref::objcache::put_inline(C(oc), obj);
 }
 
 void objcache_dtor(objcache_t *oc, void *obj) {
   if (__builtin_expect(!ok(oc) || !belongs(oc, obj), 0))
-    return refuse("objcache_dtor: object not from this cache", oc, obj);
+    return refuse("objcache_dtor: object not from this cache", "objcache_dtor: not a cache", oc, obj);
   sysref::objcache::put_unconstructed(C(oc), obj);
 }
 

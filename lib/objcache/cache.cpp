@@ -113,14 +113,25 @@ void *construct(cache *c, int flags) {
   return obj;
 }
 
+// A get begins (+1) or ends (-1) a wait at the limit. Under the depot lock,
+// so that put_word always matches the count: the last waiter to leave must
+// not restore the fast word after a new one arrived and cleared it.
+void add_waiter(cache *c, int delta) {
+  c->dep.lock.acquire(os::wait::yes);
+  uint32_t n = c->waiters.load(std::memory_order_relaxed) + delta;
+  c->waiters.store(n, std::memory_order_relaxed);
+  __atomic_store_n(&c->put_word, n ? percpu::refusing_word() : c->fast_word, __ATOMIC_RELAXED);
+  c->dep.lock.release();
+}
+
 // Sleeps until an object is destroyed (or a little while passes: objects can
 // also come back to the depot, which the caller checks again).
 void wait_at_limit(cache *c) {
   uint32_t seq = c->limit_seq.load(std::memory_order_acquire);
-  c->waiters.fetch_add(1, std::memory_order_relaxed);
+  add_waiter(c, 1);
   c->limit_waits.fetch_add(1, std::memory_order_relaxed);
   if (c->existing.load(std::memory_order_relaxed) >= c->limit) os::futex_wait_for(&c->limit_seq, seq, 10);
-  c->waiters.fetch_sub(1, std::memory_order_relaxed);
+  add_waiter(c, -1);
 }
 
 }  // namespace
@@ -391,7 +402,7 @@ cache *create(const params &p) {
   c->internal = p.internal;
   c->slot = static_cast<size_t>(slot);
   c->loaded_off = c->slot + 16;
-  c->fast_word = percpu::fast_path_word(c->loaded_off);
+  c->fast_word = c->put_word = percpu::fast_path_word(c->loaded_off);
   c->starts = slab::start_test_of(slab::geometry_of(c->zone));
   c->dep.interval_start = c->dep.last_get_ns = os::coarse_now_ns();
   c->mag_index.store(initial_mag_index(c->objsize), std::memory_order_relaxed);
@@ -422,6 +433,7 @@ void destroy(cache *c) {
   percpu::slot_free(c->slot);
   slab::zone_destroy(c->zone);  // also whatever was still live
   c->magic = 0;
+  c->starts = {};  // admits nothing: objcache_put on a destroyed cache refuses (api.cpp)
   slab::free(cache_zone(), c);
 }
 

@@ -36,6 +36,8 @@ struct cache : cache_head {  // the head first: objcache.hpp reads it inline
   dtor_fn dtor;
   void *priv;
   size_t limit;
+  // Gets sleeping at the limit; changed with put_word, under dep.lock.
+  std::atomic<uint32_t> waiters;
   bool internal;
   size_t slot;                        // per-CPU: loaded magazine at +16, previous at +24
   std::atomic<uint32_t> limit_seq;    // futex word: bumped when an object is destroyed

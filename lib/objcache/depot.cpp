@@ -413,7 +413,7 @@ int stats(cache *c, struct objcache_stats *out) {
   {
     os::guard g(c->dep.lock);
     // A fold moves a word's counts to the totals without this lock: read
-    // again if one was under way (folds are rare: one per 2^27 gets of a
+    // again if one was under way (folds are rare: one per 2^24 gets of a
     // magazine, and a few instructions long).
     for (int tries = 0;; ++tries) {
       uint64_t begun = c->folds_begun.load(std::memory_order_acquire);

@@ -41,7 +41,7 @@ inline unsigned initial_mag_index(size_t objsize) {
 
 inline uint64_t word_of(const magazine *m) { return __atomic_load_n(&m->word, __ATOMIC_RELAXED); }
 inline uint32_t rounds_of(uint64_t w) { return static_cast<uint32_t>(w & percpu::stack_count_mask); }
-inline uint64_t puts_of(uint64_t w) { return (w >> percpu::stack_lo_shift) & ((uint64_t{1} << 27) - 1); }
+inline uint64_t puts_of(uint64_t w) { return (w >> percpu::stack_lo_shift) & percpu::stack_counter_mask; }
 inline uint64_t gets_of(uint64_t w) { return w >> percpu::stack_hi_shift; }
 
 // A new empty magazine of mag_sizes[index] rounds from the library's own

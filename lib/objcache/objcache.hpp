@@ -25,7 +25,10 @@ struct cache_head {
   // is always empty (percpu::fast_path_word), so that the sequence refuses
   // and the out-of-line path takes the slot lock: no mode test inline.
   uintptr_t fast_word;
-  std::atomic<uint32_t> waiters;  // gets sleeping at the object limit
+  // put's: fast_word, or the always-empty word while a get sleeps at the
+  // object limit, so that every put refuses and put_refused hands its
+  // object to the waiter (destroys it): no test of waiters inline.
+  uintptr_t put_word;
   slab::zone *zone;
   slab::start_test starts;        // of zone's objects: put's check, without touching the zone
 };
@@ -111,19 +114,17 @@ SR_RSEQ_FN void *get_inline(cache *c, int flags) {
   return get_refused(c, flags);
 }
 
-// put_inline for a cache made with no limit, where nobody ever waits (so
-// no test of waiters), on its fast word kept by the layer above (kmalloc's
-// zone lines): false: call put_refused.
+// The push on a word: put_inline's on the cache's put_word, or a layer
+// above's on the fast word it keeps for a cache made with no limit (kmalloc's
+// zone lines: nobody ever waits at such a cache, so its put_word is always
+// its fast word). false: call put_refused.
 SR_RSEQ_FN bool put_at(uintptr_t fast_word, void *obj) {
   return percpu::stack_push_rseq(fast_word, reinterpret_cast<uintptr_t>(obj));
 }
 
 SR_RSEQ_FN void put_inline(cache *c, void *obj) {
-  auto *h = reinterpret_cast<cache_head *>(c);
-  // Someone sleeps at the limit: this object must be destroyed, not cached.
-  if (__builtin_expect(h->waiters.load(std::memory_order_relaxed) == 0, 1) &&
-      __builtin_expect(put_at(h->fast_word, obj), 1))
-    return;
+  uintptr_t word = __atomic_load_n(&reinterpret_cast<cache_head *>(c)->put_word, __ATOMIC_RELAXED);
+  if (__builtin_expect(put_at(word, obj), 1)) return;
   put_refused(c, obj);
 }
 

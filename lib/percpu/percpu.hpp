@@ -50,7 +50,7 @@ struct region {
   unsigned ncpus;
   mode m;
 };
-extern region g_region;  // written once, by ensure_init()
+[[gnu::visibility("hidden")]] extern region g_region;  // written once, by ensure_init()
 
 // Maps the region and picks the mode. False (errno ENOMEM) if it cannot map
 // (ENOTSUP: __rseq_offset does not fit in 32 bits; see fast_path_rseq_off).
@@ -181,15 +181,21 @@ SR_RSEQ_FN void add(size_t offset, uint64_t n) {
 
 // ---- counted stacks (magazines) -------------------------------------------
 // The slot word at offset points to a stack: word 0 packs
-// [hi:27 | lo:27 | count:10], the capacity (uint32) sits at +8, the items
+// [hi:24 | lo:24 | count:16], the capacity (uint32) sits at +8, the items
 // from +24. Pops count in hi, pushes in lo, in the committing store itself.
-inline constexpr uint64_t stack_count_mask = 1023;
-inline constexpr int stack_lo_shift = 10, stack_hi_shift = 37;
+// The count is a whole 16 bits so that a section reads it with one movzwl.
+inline constexpr uint64_t stack_count_mask = 0xffff;
+inline constexpr int stack_lo_shift = 16, stack_hi_shift = 40, stack_counter_bits = 24;
+inline constexpr uint64_t stack_counter_mask = (uint64_t{1} << stack_counter_bits) - 1;
 inline constexpr uint64_t stack_pop_delta = (uint64_t{1} << stack_hi_shift) - 1;
 inline constexpr uint64_t stack_push_delta = (uint64_t{1} << stack_lo_shift) + 1;
-// Pops refuse from here on, leaving the slow path room to fold the counters
-// (lo may run ahead of hi by at most the capacity since the last fold).
-inline constexpr uint64_t stack_fold_limit = ((uint64_t{1} << 27) - 4096) << stack_hi_shift;
+// Pops refuse from here on, leaving the slow path to fold the counters: a
+// pop that would set the word's top bit (hi reaching 2^23). lo may run
+// ahead of hi by at most the capacity since the last fold, so it stops
+// below 2^23 + 2^16, far from overflowing its 24 bits.
+inline constexpr uint64_t stack_fold_limit = ((uint64_t{1} << (stack_counter_bits - 1)) - 1) << stack_hi_shift;
+static_assert(stack_fold_limit + 1 + stack_pop_delta == uint64_t{1} << 63,
+              "a pop from a word at the limit sets the top bit: the fast pop's sign test is the limit");
 
 // What stack_pop returns, besides an item, when the counters must be folded
 // (stack_take_counts) before the next pop: no item is ever at address 1.
@@ -234,9 +240,8 @@ SR_RSEQ_FN bool rseq_mode() {
 #endif
 }
 
-inline uintptr_t fast_path_word(size_t offset) {
-  return g_region.base + (rseq_mode() ? offset : payload_offset);
-}
+inline uintptr_t refusing_word() { return g_region.base + payload_offset; }
+inline uintptr_t fast_path_word(size_t offset) { return rseq_mode() ? g_region.base + offset : refusing_word(); }
 // glibc's __rseq_offset (ensure_init made sure that it fits). Read from
 // the region, not from the caller's cache: the load depends on nothing, so
 // the CPU number's load can start at once.
@@ -244,9 +249,7 @@ inline int32_t fast_path_rseq_off() { return static_cast<int32_t>(g_region.rseq_
 
 SR_RSEQ_FN bool stack_pop_rseq(uintptr_t word, uintptr_t &item) {
 #if SYSREF_HAVE_RSEQ
-  static_assert(static_cast<uint32_t>(stack_fold_limit) == 0, "the limit's test reads the high half");
-  return rseq_x86::stack_pop_or_refuse(fast_path_rseq_off(), word,
-                                       static_cast<uint32_t>(stack_fold_limit >> 32), stack_pop_delta, item);
+  return rseq_x86::stack_pop_or_refuse(fast_path_rseq_off(), word, stack_pop_delta, item);
 #else
   (void)word, (void)item;
   return false;

@@ -29,7 +29,7 @@ namespace sysref::percpu::rseq_x86 {
 
 // glibc's __rseq_offset, copied at start-up into the per-CPU region header so
 // a section costs one load for it, not two through the GOT.
-extern ptrdiff_t cached_rseq_offset;
+[[gnu::visibility("hidden")]] extern ptrdiff_t cached_rseq_offset;
 inline ptrdiff_t rseq_offset() { return cached_rseq_offset; }
 
 enum result { ok = 0, mismatch = 1, aborted = -1 };
@@ -188,7 +188,7 @@ abort:
 }
 
 // Counted stacks (magazines): the slot word points to a stack whose first
-// word packs [hi counter:27 | lo counter:27 | count:10], capacity (uint32)
+// word packs [hi counter:24 | lo counter:24 | count:16], capacity (uint32)
 // at +8, items from +24. A pop commits word + pop_delta (count - 1, hi + 1),
 // a push word + push_delta (count + 1, lo + 1): one 8-byte store each. A pop
 // refuses (mismatch) once the word reaches limit, so the slow path can fold
@@ -199,8 +199,7 @@ abort:
   "testq %%rcx, %%rcx\n\t"                                \
   "jz %l[mismatch_]\n\t"                                  \
   "movq (%%rcx), %%rdx\n\t"                               \
-  "movl %%edx, %%r8d\n\t"                                 \
-  "andl $1023, %%r8d\n\t"
+  "movzwl %%dx, %%r8d\n\t"
 
 // Returns the popped item, 0 (no stack, or empty) or 1 (the word reached
 // limit: its counters must be folded first). Aborts rerun the section.
@@ -208,6 +207,7 @@ SR_RSEQ_FN uintptr_t stack_pop(ptrdiff_t roff, uintptr_t base, uint64_t limit, u
   uintptr_t item;
   asm goto(SR_RSEQ_PROLOGUE
            SR_STACK_LOAD
+           "testl %%r8d, %%r8d\n\t"
            "jz %l[mismatch_]\n\t"
            "cmpq %[limit], %%rdx\n\t"
            "jae %l[fold_due]\n\t"
@@ -229,28 +229,23 @@ fold_due:
 // The same section for fast paths that send every refusal (no stack, empty,
 // fold due) to one slow path: true with item set, or false. The caller
 // branches on the labels themselves, with no return value to test again.
-// The limit comes as its high half (its low 32 bits are zero: the word
-// reaches it when its high 32 bits reach limit_hi), an immediate compared
-// with the word's high half in rax (free once it gave the magazine): no
-// register for it, so a fast path keeps its own arguments in registers for
-// its tail call to the slow path and saves none. Not compared in memory:
-// a 4-byte load from inside the 8-byte word the previous get or put just
-// stored is forwarded slowly, and every get would wait for it.
-SR_RSEQ_FN bool stack_pop_or_refuse(ptrdiff_t roff, uintptr_t base, uint32_t limit_hi,
-                                    uint64_t pop_delta, uintptr_t &item) {
+// The fold is due when the new word would have its top bit set (the pop
+// counter's top bit: percpu.hpp, stack_fold_limit), which the add that
+// makes the new word tells by its sign: no compare, no register for a
+// limit, and no second look at the word the previous get or put just
+// stored.
+SR_RSEQ_FN bool stack_pop_or_refuse(ptrdiff_t roff, uintptr_t base, uint64_t pop_delta, uintptr_t &item) {
   asm goto(SR_RSEQ_PROLOGUE
            SR_STACK_LOAD
+           "testl %%r8d, %%r8d\n\t"
            "jz %l[mismatch_]\n\t"
-           "movq %%rdx, %%rax\n\t"
-           "shrq $32, %%rax\n\t"
-           "cmpl %[limit_hi], %%eax\n\t"
-           "jae %l[mismatch_]\n\t"
            "movq 16(%%rcx,%%r8,8), %[item]\n\t"
            "addq %[delta], %%rdx\n\t"
+           "js %l[mismatch_]\n\t"
            "movq %%rdx, (%%rcx)\n\t"
            SR_RSEQ_EPILOGUE_RETRY
            : [item] "=&a"(item)  // rax: the slot address until the item replaces it
-           : [roff] "r"(roff), [base] "r"(base), [limit_hi] "ri"(limit_hi), [delta] "r"(pop_delta)
+           : [roff] "r"(roff), [base] "rm"(base), [delta] "r"(pop_delta)
            : "rcx", "rdx", "r8", "memory", "cc"
            : mismatch_);
   return true;
@@ -269,7 +264,7 @@ SR_RSEQ_FN bool stack_push(ptrdiff_t roff, uintptr_t base, uint64_t push_delta, 
            "movq %%rdx, (%%rcx)\n\t"
            SR_RSEQ_EPILOGUE_RETRY
            :
-           : [roff] "r"(roff), [base] "r"(base), [delta] "re"(push_delta), [obj] "r"(obj)
+           : [roff] "r"(roff), [base] "rm"(base), [delta] "re"(push_delta), [obj] "r"(obj)
            : "rax", "rcx", "rdx", "r8", "memory", "cc"
            : mismatch_);
   return true;
@@ -311,8 +306,9 @@ SR_RSEQ_FN result stack_swap_if(uintptr_t base) {
            "testq %%rdx, %%rdx\n\t"
            "jz %l[mismatch_]\n\t"
            "movq (%%rdx), %%r8\n\t"
-           "andl $1023, %%r8d\n\t"
+           "movzwl %%r8w, %%r8d\n\t"
            ".if %c[rounds]\n\t"
+           "testl %%r8d, %%r8d\n\t"
            "jz %l[mismatch_]\n\t"
            ".else\n\t"
            "cmpl 8(%%rdx), %%r8d\n\t"
@@ -342,7 +338,7 @@ SR_RSEQ_FN result stack_take_counts(uintptr_t base, uint64_t limit, uint64_t *ou
            "cmpq %[limit], %%rdx\n\t"
            "jb %l[mismatch_]\n\t"
            "movq %%rdx, (%[out])\n\t"
-           "andq $1023, %%rdx\n\t"
+           "movzwl %%dx, %%edx\n\t"
            "movq %%rdx, (%%rcx)\n\t"
            SR_RSEQ_EPILOGUE
            :

@@ -35,7 +35,7 @@ inline constexpr int leaf_bits = 16;
 inline constexpr size_t leaf_entries = size_t{1} << leaf_bits;
 inline constexpr size_t top_entries = size_t{1} << (address_bits - granule_shift - leaf_bits);
 using leaf = std::atomic<void *>[leaf_entries];
-extern std::atomic<leaf *> g_top[top_entries];
+[[gnu::visibility("hidden")]] extern std::atomic<leaf *> g_top[top_entries];
 }  // namespace detail
 
 // The owner of addr, or nullptr. Two loads, no lock: inline because every
