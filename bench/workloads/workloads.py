@@ -2,7 +2,7 @@
 """Whole-program allocator workloads under five allocators, side by side.
 
   workloads.py SHIM [--reps N] [--only w1,w2] [--out-md FILE] [--out-svg FILE]
-               [--json FILE] [--scale X] [--smoke] [--bin DIR]
+               [--json FILE] [--scale X] [--smoke] [--bin DIR] [--cpu N|none]
 
 SHIM is libsysref-preload.so (build/preload/libsysref-preload.so). Each
 workload (bench/workloads/*.c, built as wl_NAME in bench/workloads/ next to
@@ -14,6 +14,14 @@ rounds of wall time, peak RSS (ru_maxrss) and minor faults (ru_minflt),
 from wait4() on the child (in wl_run, a small launcher: wl_run.c says why).
 The programs check their own data and exit non-zero on a mismatch, so a
 broken allocator shows as FAIL.
+
+--cpu: the single-threaded workloads run pinned to this CPU (default: the
+lowest one this process may use; "none": not pinned), under every
+allocator alike. On a VM the CPUs need not be equally fast: on the 2-vCPU
+machine one ran the same program 20% slower than the other for minutes at
+a time, and a run that the kernel placed on either made every median a
+coin toss between two levels. larson and prodcons use two threads and run
+unpinned.
 
 Tables: one per metric, ratios to glibc with glibc's absolute value, and a
 geomean row. Targets: libsysref geomean time <= 0.9x mimalloc's; geomean
@@ -39,20 +47,23 @@ import wl_chart
 from peerlibs import PEERS, child_env, find_lib
 
 WORKLOADS = ["larson", "prodcons", "churn", "realloc", "large", "frag", "small", "bigint"]
+THREADED = {"larson", "prodcons"}  # never pinned (--cpu)
 # CPU time (user + sys) is informational: steadier than wall time on a busy machine.
 METRICS = [("time_s", "wall time"), ("maxrss_kib", "peak RSS"), ("minflt", "minor faults"),
            ("cpu_s", "CPU time (user+sys)")]
 SMOKE_SCALE = 0.01
 
 
-def run_once(launcher, prog, scale, preload, timeout):
+def run_once(launcher, prog, scale, preload, timeout, cpu=None):
     """One run through wl_run, which reports the child's own rusage (wl_run.c
-    says why not os.wait4 here); LD_PRELOAD is set in that child only."""
+    says why not os.wait4 here); LD_PRELOAD is set in that child only, and
+    the child is pinned to cpu unless that is None."""
     env = child_env(None)
     env["WL_PRELOAD"] = preload or ""
+    pin = None if cpu is None else (lambda: os.sched_setaffinity(0, {cpu}))
     with tempfile.TemporaryFile() as err:
         out = subprocess.run([launcher, str(int(timeout)), prog, str(scale)], env=env, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE, stderr=err, check=True).stdout.decode()
+                             stdout=subprocess.PIPE, stderr=err, check=True, preexec_fn=pin).stdout.decode()
         err.seek(0)
         msg = err.read().decode(errors="replace").strip()
     f = dict(kv.split("=") for kv in out.split())
@@ -142,6 +153,7 @@ def main():
     ap.add_argument("--bin", default=os.path.join(here, "workloads"), help="where the wl_* programs are")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per run before it is killed")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--cpu", default="auto", help="CPU for the single-threaded workloads, or none")
     a = ap.parse_args()
     works = a.only.split(",") if a.only else WORKLOADS
     for w in works:
@@ -161,6 +173,14 @@ def main():
     allocs.append(("libsysref", shim))
     scale = SMOKE_SCALE if a.smoke else a.scale
     names = [n for n, _ in allocs]
+    if a.cpu == "none":
+        cpu = None
+    elif a.cpu == "auto":
+        cpu = min(os.sched_getaffinity(0))
+    elif a.cpu.isdigit() and int(a.cpu) in os.sched_getaffinity(0):
+        cpu = int(a.cpu)
+    else:
+        ap.error(f"--cpu {a.cpu}: not a CPU this process may use ({sorted(os.sched_getaffinity(0))}), auto or none")
 
     load0 = os.getloadavg()[0]  # wall times mean little on a busy machine: say how busy
     samples = {}  # (workload, allocator) -> list of run results
@@ -171,7 +191,8 @@ def main():
         order = [(w, al) for w in works for al in allocs]
         rng.shuffle(order)
         for w, (name, lib) in order:
-            r = run_once(os.path.join(a.bin, "wl_run"), os.path.join(a.bin, "wl_" + w), scale, lib, a.timeout)
+            r = run_once(os.path.join(a.bin, "wl_run"), os.path.join(a.bin, "wl_" + w), scale, lib, a.timeout,
+                         None if w in THREADED else cpu)
             samples.setdefault((w, name), []).append(r)
             if not r["ok"]:
                 fails[(w, name)] = r
@@ -190,7 +211,8 @@ def main():
             med[key] = {m: statistics.median(r[m] for r in ok) for m, _ in METRICS}
     load = (load0, os.getloadavg()[0])
     md = (f"## allocator workloads: medians of {a.reps} interleaved rounds, scale {scale}\n\n"
-          f"Load average (1 min) {load[0]:.1f} at the start, {load[1]:.1f} at the end, on {os.cpu_count()} CPUs.\n\n"
+          f"Load average (1 min) {load[0]:.1f} at the start, {load[1]:.1f} at the end, on {os.cpu_count()} CPUs.\n"
+          + ("Single-threaded workloads pinned to CPU %d (--cpu).\n\n" % cpu if cpu is not None else "Not pinned.\n\n")
           + tables(med, fails, works, names) + "\n" + targets(med, fails, works, names))
     frag = [(n, samples[("frag", n)][-1]["stderr"]) for n in names if ("frag", n) in samples]
     if frag:  # what frag prints: live bytes vs RSS before its final frees
@@ -205,7 +227,7 @@ def main():
             f.write(wl_chart.svg(med, works, names, a.reps))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"reps": a.reps, "scale": scale, "allocators": dict(allocs), "loadavg": load,
+            json.dump({"reps": a.reps, "scale": scale, "allocators": dict(allocs), "loadavg": load, "cpu": cpu,
                        "medians": {f"{w}/{n}": v for (w, n), v in med.items()},
                        "failures": {f"{w}/{n}": {"code": r["code"], "stderr": r["stderr"]} for (w, n), r in fails.items()},
                        "samples": {f"{w}/{n}": [{k: r[k] for k in ("time_s", "maxrss_kib", "minflt", "cpu_s", "code")}
