@@ -10,10 +10,10 @@
  *     which is how a program linked with mimalloc calls mi_malloc;
  *   - "mimalloc*": through the function pointer itself, one indirect call.
  * "objcache*" calls objcache through dlsym()ed pointers likewise. The
- * target compares like with like (PLT with PLT, pointer with pointer); both
- * comparisons are printed, so that the call's shape can be seen not to
- * decide the result (on the 2-vCPU machine the two shapes differ by a few
- * percent, in both directions).
+ * target compares like with like (PLT with PLT, pointer with pointer), and
+ * both comparisons are printed: on the 2-vCPU machine the shape moved a
+ * row by anything from 3% to 25%, either way, from one build or run to the
+ * next (code placement counts as much as the extra branch).
  *
  * Patterns, 64-byte objects: batch64 (64 gets, then the 64 puts in the same
  * order) and single (one get, one put). Every allocator runs each pattern in
