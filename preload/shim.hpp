@@ -16,7 +16,7 @@ namespace sysref::preload {
 // library constructor (report::counting() once), so the fast paths pay one
 // load and one predictable branch while it is off; false before the
 // constructor ran (early requests are not counted).
-extern bool g_counting;
+[[gnu::visibility("hidden")]] extern bool g_counting;
 
 inline void count(report::call c) {
   if (__builtin_expect(g_counting, 0)) report::count_call(c);
