@@ -14,7 +14,7 @@
 
 namespace sysref::percpu {
 
-constinit region g_region{0, 0, 0, mode::unset};
+constinit region g_region{0, 0, mode::unset};
 #if SYSREF_HAVE_RSEQ
 constinit ptrdiff_t rseq_x86::cached_rseq_offset = 0;
 #endif
@@ -116,7 +116,6 @@ bool ensure_init() {
   }
   g_region.base = reinterpret_cast<uintptr_t>(base);
 #if SYSREF_HAVE_RSEQ
-  g_region.rseq_off = __rseq_offset;
   rseq_x86::cached_rseq_offset = __rseq_offset;
 #endif
   g_region.ncpus = n;

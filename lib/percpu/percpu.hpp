@@ -46,7 +46,6 @@ enum class mode : uint8_t { unset, rseq, lock };
 
 struct region {
   uintptr_t base;
-  ptrdiff_t rseq_off;  // glibc's __rseq_offset, kept here: one load, not two via the GOT
   unsigned ncpus;
   mode m;
 };
@@ -206,7 +205,7 @@ inline constexpr uintptr_t stack_fold_due = 1;
 SR_RSEQ_FN uintptr_t stack_pop(size_t offset, os::wait w = os::wait::yes) {
 #if SYSREF_HAVE_RSEQ
   if (__builtin_expect(g_region.m == mode::rseq, 1))
-    return rseq_x86::stack_pop(g_region.rseq_off, g_region.base + offset, stack_fold_limit,
+    return rseq_x86::stack_pop(rseq_x86::rseq_offset(), g_region.base + offset, stack_fold_limit,
                                stack_pop_delta);
 #endif
   uintptr_t out;
@@ -216,7 +215,7 @@ SR_RSEQ_FN uintptr_t stack_pop(size_t offset, os::wait w = os::wait::yes) {
 SR_RSEQ_FN bool stack_push(size_t offset, uintptr_t obj, os::wait w = os::wait::yes) {
 #if SYSREF_HAVE_RSEQ
   if (__builtin_expect(g_region.m == mode::rseq, 1))
-    return rseq_x86::stack_push(g_region.rseq_off, g_region.base + offset, stack_push_delta, obj);
+    return rseq_x86::stack_push(rseq_x86::rseq_offset(), g_region.base + offset, stack_push_delta, obj);
 #endif
   return locked_stack_push(offset, stack_push_delta, obj, w);
 }
@@ -243,9 +242,11 @@ SR_RSEQ_FN bool rseq_mode() {
 inline uintptr_t refusing_word() { return g_region.base + payload_offset; }
 inline uintptr_t fast_path_word(size_t offset) { return rseq_mode() ? g_region.base + offset : refusing_word(); }
 // glibc's __rseq_offset (ensure_init made sure that it fits). Read from
-// the region, not from the caller's cache: the load depends on nothing, so
+// its global, not from the caller's cache: the load depends on nothing, so
 // the CPU number's load can start at once.
-inline int32_t fast_path_rseq_off() { return static_cast<int32_t>(g_region.rseq_off); }
+#if SYSREF_HAVE_RSEQ
+inline int32_t fast_path_rseq_off() { return static_cast<int32_t>(rseq_x86::rseq_offset()); }
+#endif
 
 SR_RSEQ_FN bool stack_pop_rseq(uintptr_t word, uintptr_t &item) {
 #if SYSREF_HAVE_RSEQ

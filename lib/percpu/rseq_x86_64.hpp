@@ -27,8 +27,9 @@
 
 namespace sysref::percpu::rseq_x86 {
 
-// glibc's __rseq_offset, copied at start-up into the per-CPU region header so
-// a section costs one load for it, not two through the GOT.
+// glibc's __rseq_offset, copied at start-up (percpu.cpp, ensure_init) into
+// a hidden global so a section costs one load for it, not two through the
+// GOT.
 [[gnu::visibility("hidden")]] extern ptrdiff_t cached_rseq_offset;
 inline ptrdiff_t rseq_offset() { return cached_rseq_offset; }
 
