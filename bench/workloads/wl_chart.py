@@ -44,25 +44,20 @@ def _panel(parts, y0, title, ratios, works, allocs):
                      f'text-anchor="middle">{escape(w)}</text>')
 
 
-def svg(med, works, allocs, reps):
-    """med[(workload, allocator)] -> {"time_s": .., "maxrss_kib": ..}; returns SVG text."""
+def svg(ratios, works, allocs, reps):
+    """ratios[metric][(workload, allocator)] -> ratio to glibc or None, for
+    metric "time_s" and "maxrss_kib"; returns SVG text."""
     height = TOP + 2 * PANEL_H + 10
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{height}" '
              f'viewBox="0 0 {W} {height}" font-family="sans-serif">',
              f'<rect width="{W}" height="{height}" fill="#fff"/>',
              f'<text x="{LEFT}" y="22" font-size="16" font-weight="bold">'
-             f'Allocator workloads: ratio to glibc (log scale; median of {reps} rounds; lower is better)</text>']
+             f'Allocator workloads: ratio to glibc (log scale; median of {reps} per-round ratios; lower is better)</text>']
     for j, a in enumerate(allocs):  # legend
         x = LEFT + j * 130
         parts.append(f'<rect x="{x}" y="34" width="12" height="12" fill="{COLORS[j % len(COLORS)]}"/>')
         parts.append(f'<text x="{x + 16}" y="45" font-size="12">{escape(a)}</text>')
     for k, (metric, title) in enumerate((("time_s", "Wall time"), ("maxrss_kib", "Peak RSS"))):
-        ratios = {}
-        for w in works:
-            base = med.get((w, "glibc"), {}).get(metric)
-            for a in allocs:
-                v = med.get((w, a), {}).get(metric)
-                ratios[(w, a)] = v / base if v and base else None
-        _panel(parts, TOP + k * PANEL_H, title, ratios, works, allocs)
+        _panel(parts, TOP + k * PANEL_H, title, ratios[metric], works, allocs)
     parts.append("</svg>")
     return "\n".join(parts) + "\n"

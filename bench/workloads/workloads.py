@@ -8,10 +8,14 @@ SHIM is libsysref-preload.so (build/preload/libsysref-preload.so). Each
 workload (bench/workloads/*.c, built as wl_NAME in bench/workloads/ next to
 this script in the build tree) runs under glibc (no preload) and under
 LD_PRELOAD of jemalloc, mimalloc, tcmalloc and the shim. Rounds are
-interleaved (every workload under every allocator once per round, in a
-shuffled order, so drift hits them all alike); each cell is the median over
-rounds of wall time, peak RSS (ru_maxrss) and minor faults (ru_minflt),
-from wait4() on the child (in wl_run, a small launcher: wl_run.c says why).
+interleaved: every workload under every allocator once per round, the
+workloads in a shuffled order and, within a workload, its runs under the
+allocators back to back (also shuffled). Wall time, peak RSS (ru_maxrss)
+and minor faults (ru_minflt) come from wait4() on the child (in wl_run, a
+small launcher: wl_run.c says why). Each ratio is the median over rounds
+of that round's ratio: a VM's speed drifts over minutes (below), and runs
+seconds apart share the drift that runs a round apart do not. The glibc
+column gives its median absolute value.
 The programs check their own data and exit non-zero on a mismatch, so a
 broken allocator shows as FAIL.
 
@@ -24,7 +28,7 @@ coin toss between two levels. larson and prodcons use two threads and run
 unpinned.
 
 Tables: one per metric, ratios to glibc with glibc's absolute value, and a
-geomean row. Targets: libsysref geomean time <= 0.9x mimalloc's; geomean
+geomean row (of the per-workload ratios). Targets: libsysref geomean time <= 0.9x mimalloc's; geomean
 peak RSS <= 1.0x mimalloc's; no workload where libsysref is slower than
 1.25x the fastest other allocator (glibc included); the large workload no
 slower than glibc.
@@ -85,7 +89,15 @@ def fmt_abs(metric, v):
     return f"{v:,.0f}"
 
 
-def tables(med, fails, works, allocs):
+def paired(samples, w, a, b, metric):
+    """Median over rounds of a's metric over b's in the same round (rounds
+    where both ran and passed)."""
+    ra, rb = samples.get((w, a), []), samples.get((w, b), [])
+    xs = [x[metric] / y[metric] for x, y in zip(ra, rb) if x["ok"] and y["ok"] and y[metric]]
+    return statistics.median(xs) if xs else None
+
+
+def tables(med, fails, works, allocs, samples):
     """Markdown: per metric, rows workloads, columns allocators, ratio to glibc."""
     out = []
     for metric, title in METRICS:
@@ -102,9 +114,9 @@ def tables(med, fails, works, allocs):
                     cells.append("FAIL")
                 elif a == "glibc":
                     cells.append(fmt_abs(metric, v))
-                elif base:
-                    ratios[a].append(v / base)
-                    cells.append(f"{v / base:.2f}x")
+                elif base and (r := paired(samples, w, a, "glibc", metric)):
+                    ratios[a].append(r)
+                    cells.append(f"{r:.2f}x")
                 else:
                     cells.append(fmt_abs(metric, v))
             out.append(f"| {w} | " + " | ".join(cells) + " |")
@@ -113,10 +125,17 @@ def tables(med, fails, works, allocs):
     return "\n".join(out)
 
 
-def targets(med, fails, works, allocs):
+def fastest_peer_ratios(samples, w, sr, peers):
+    """Per round: libsysref's time over the fastest peer's in that round."""
+    rounds = zip(*[samples[(w, a)] for a in [sr] + peers])
+    return [r[0]["time_s"] / min(x["time_s"] for x in r[1:]) for r in rounds
+            if all(x["ok"] for x in r) and min(x["time_s"] for x in r[1:]) > 0]
+
+
+def targets(med, fails, works, allocs, samples):
     """PASS/MISS lines for the targets in the docstring."""
     def gm(a, metric):
-        return geomean([med[(w, a)][metric] / med[(w, "glibc")][metric] for w in works
+        return geomean([paired(samples, w, a, "glibc", metric) for w in works
                         if (w, a) in med and (w, "glibc") in med and (w, a) not in fails])
     out = ["### targets\n"]
     sr = "libsysref"
@@ -128,13 +147,14 @@ def targets(med, fails, works, allocs):
             out.append(f"- {'PASS' if r <= lim else 'MISS'}: libsysref {what} {r:.2f}x mimalloc (target <= {lim}x)")
     slow = []
     for w in works:
-        peers = [med[(w, a)]["time_s"] for a in allocs if a != sr and (w, a) in med and (w, a) not in fails]
-        if (w, sr) in med and peers and med[(w, sr)]["time_s"] > 1.25 * min(peers):
-            slow.append(f"{w} {med[(w, sr)]['time_s'] / min(peers):.2f}x")
+        peers = [a for a in allocs if a != sr and (w, a) in samples and (w, a) not in fails]
+        xs = fastest_peer_ratios(samples, w, sr, peers) if (w, sr) in med and peers else []
+        if xs and statistics.median(xs) > 1.25:
+            slow.append(f"{w} {statistics.median(xs):.2f}x")
     out.append(f"- {'MISS' if slow else 'PASS'}: no workload slower than 1.25x the fastest other allocator"
                + (f" (offenders: {', '.join(slow)})" if slow else ""))
     if "large" in works and (("large", sr) in med and ("large", "glibc") in med):
-        r = med[("large", sr)]["time_s"] / med[("large", "glibc")]["time_s"]
+        r = paired(samples, "large", sr, "glibc", "time_s")
         out.append(f"- {'PASS' if r <= 1.0 else 'MISS'}: large workload time {r:.2f}x glibc (target <= 1.0x)")
     return "\n".join(out) + "\n"
 
@@ -188,8 +208,9 @@ def main():
     t_start = time.perf_counter()
     rng = random.Random(a.seed)
     for rnd in range(a.reps):
-        order = [(w, al) for w in works for al in allocs]
-        rng.shuffle(order)
+        order = []
+        for w in rng.sample(works, len(works)):  # a workload's runs back to back: they share the drift
+            order += [(w, al) for al in rng.sample(allocs, len(allocs))]
         for w, (name, lib) in order:
             r = run_once(os.path.join(a.bin, "wl_run"), os.path.join(a.bin, "wl_" + w), scale, lib, a.timeout,
                          None if w in THREADED else cpu)
@@ -210,10 +231,10 @@ def main():
         if ok:
             med[key] = {m: statistics.median(r[m] for r in ok) for m, _ in METRICS}
     load = (load0, os.getloadavg()[0])
-    md = (f"## allocator workloads: medians of {a.reps} interleaved rounds, scale {scale}\n\n"
+    md = (f"## allocator workloads: {a.reps} interleaved rounds, scale {scale}; ratios are medians of per-round ratios\n\n"
           f"Load average (1 min) {load[0]:.1f} at the start, {load[1]:.1f} at the end, on {os.cpu_count()} CPUs.\n"
           + ("Single-threaded workloads pinned to CPU %d (--cpu).\n\n" % cpu if cpu is not None else "Not pinned.\n\n")
-          + tables(med, fails, works, names) + "\n" + targets(med, fails, works, names))
+          + tables(med, fails, works, names, samples) + "\n" + targets(med, fails, works, names, samples))
     frag = [(n, samples[("frag", n)][-1]["stderr"]) for n in names if ("frag", n) in samples]
     if frag:  # what frag prints: live bytes vs RSS before its final frees
         md += "\nfrag, last round:\n\n" + "\n".join(f"- {n}: {m}" for n, m in frag) + "\n"
@@ -224,7 +245,9 @@ def main():
             f.write(md)
     if a.out_svg:
         with open(a.out_svg, "w") as f:
-            f.write(wl_chart.svg(med, works, names, a.reps))
+            ratios = {m: {(w, n): paired(samples, w, n, "glibc", m) for w in works for n in names}
+                      for m in ("time_s", "maxrss_kib")}
+            f.write(wl_chart.svg(ratios, works, names, a.reps))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"reps": a.reps, "scale": scale, "allocators": dict(allocs), "loadavg": load, "cpu": cpu,

@@ -1,6 +1,6 @@
 // Magazines: fixed-capacity stacks of constructed objects (Bonwick & Adams).
 // The first word is the percpu layer's counted-stack word,
-// [gets:27 | puts:27 | rounds:10]; see percpu::stack_pop.
+// [gets:24 | puts:24 | rounds:16]; see percpu.hpp, counted stacks.
 #pragma once
 #include <cstddef>
 #include <cstdint>
