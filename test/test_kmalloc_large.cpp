@@ -222,7 +222,7 @@ Test(kmalloc, alternating_large_blocks_reuse_the_heaps_pages) {
 
 // For n = 0..200: allocate a mix of sizes until the OS refuses, check ENOMEM,
 // free everything, let the OS answer again, allocate again; afterwards the os
-// counters show every data byte back where it started. No spare slabs: with
+// counters show no data byte more than at the start. No spare slabs: with
 // them, which zones hold their one or two after a reclaim depends on when
 // the scavenge last emptied each cache, and the comparison would be off by
 // a few slabs either way.
@@ -268,7 +268,10 @@ Test(kmalloc, fault_injection_sweep, .init = no_spare_slabs) {
     for (void *p : v) sr_free(p);
     v.clear();
     km::reclaim();  // the classes' magazines and the kept large mappings
-    cr_assert_eq(os_data(), base, "n=%ld: data bytes %+ld", n, static_cast<long>(os_data() - base));
+    // Never more than before. Less is allowed: a refusal unbinds the slabs
+    // active on the CPUs (kmalloc_obj(3)), and an empty one then goes back
+    // too. A leak on a refusal path would add up over the sweep.
+    cr_assert_leq(os_data(), base, "n=%ld: data bytes %+ld", n, static_cast<long>(os_data() - base));
   }
 }
 

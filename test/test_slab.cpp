@@ -532,3 +532,89 @@ Test(slab, sysref_fault_0_still_runs_a_reserve_zone, .init = fault_from_the_star
   static char unaligned[2 * 65536];  // wherever the linker put it: one whole slab at least
   runs_from_the_reserve_alone(unaligned, sizeof unaligned);
 }
+
+// With the OS refusing pages, a thread that moved to another CPU still gets
+// the objects bound to the CPU it left: in that CPU's slot and on its active
+// slab. Without the unbinding, each drain below stops at one slab.
+namespace {
+alignas(65536) char g_moved_reserve[2 * 65536];
+
+void move_to(unsigned cpu) {
+  test_crew::pin_to(cpu);
+  cr_assert_eq(sched_getcpu(), static_cast<int>(cpu), "could not move to CPU %u", cpu);
+}
+}  // namespace
+
+Test(slab, a_moved_thread_gets_the_objects_bound_to_the_cpu_it_left, .init = fault_from_the_start) {
+  if (std::thread::hardware_concurrency() < 2) cr_skip_test("needs two CPUs");
+  move_to(0);
+  kmalloc_zone_t *z = kmalloc_obj_zone_create("t.moved", 64, 0, 0);
+  cr_assert_not_null(z);
+  cr_assert_eq(kmalloc_obj_reserve(z, g_moved_reserve, sizeof g_moved_reserve), 2);
+  kfree_obj(kmalloc_obj(z, 0), z);  // binds a slab to CPU 0, the object back in its slot
+  const size_t all = 2 * zstats(z).objs_per_slab;
+  for (int round = 0; round < 4; ++round) {
+    move_to(round % 2 == 0 ? 1 : 0);  // away from where the last round freed everything
+    errno = 0;
+    std::vector<void *> v = drain(z, 0);
+    cr_expect_eq(v.size(), all, "round %d: %zu of %zu objects", round, v.size(), all);
+    cr_expect_eq(errno, ENOMEM);
+    cr_expect(all_distinct(v));
+    free_all(z, v);
+    cr_expect_eq(zstats(z).live, 0u);
+  }
+  kmalloc_obj_zone_destroy(z);
+}
+
+// The unbinding races with the other CPUs' fast paths: threads (more than
+// CPUs, moved and signalled) take objects until the reserve runs out, so
+// some always unbind the slabs others are popping from and pushing to. No
+// object may be handed out twice, and none may be lost.
+namespace {
+alignas(65536) char g_race_reserve[2 * 65536];
+std::atomic<uint8_t> g_race_held[sizeof g_race_reserve / 64];
+}  // namespace
+
+Test(slab, unbinding_races_with_the_fast_paths_and_loses_nothing, .init = fault_from_the_start, .timeout = 60) {
+  kmalloc_zone_t *z = kmalloc_obj_zone_create("t.unbind", 64, 0, 0);
+  cr_assert_not_null(z);
+  cr_assert_eq(kmalloc_obj_reserve(z, g_race_reserve, sizeof g_race_reserve), 2);
+  const size_t all = 2 * zstats(z).objs_per_slab;
+  std::atomic<uint64_t> twice{0}, refusals{0};
+  {
+    test_crew::crew c(true, 300);
+    for (int t = 0; t < 6; ++t)
+      c.spawn([&] {
+        std::vector<void *> mine;
+        while (!c.stopping()) {
+          while (mine.size() < all / 4) {  // six threads want more than there is
+            void *p = kmalloc_obj(z, 0);
+            if (!p) {
+              refusals.fetch_add(1, std::memory_order_relaxed);
+              break;
+            }
+            size_t i = static_cast<size_t>(static_cast<char *>(p) - g_race_reserve) / 64;
+            if (g_race_held[i].exchange(1)) twice.fetch_add(1, std::memory_order_relaxed);
+            mine.push_back(p);
+          }
+          for (void *p : mine) {
+            g_race_held[static_cast<size_t>(static_cast<char *>(p) - g_race_reserve) / 64].store(0);
+            kfree_obj(p, z);
+          }
+          mine.clear();
+        }
+      });
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  }
+  cr_expect_eq(twice.load(), 0u, "objects handed out twice");
+  cr_expect_gt(refusals.load(), 0u, "the reserve never ran out: nothing was unbound");
+  kmalloc_zone_stats st = zstats(z);
+  cr_expect_eq(st.live, 0u);
+  cr_expect_eq(st.allocs, st.frees);
+  errno = 0;
+  std::vector<void *> v = drain(z, 0);  // whatever CPU this is: every object is still there
+  cr_expect_eq(v.size(), all, "%zu of %zu objects left", v.size(), all);
+  cr_expect(all_distinct(v));
+  free_all(z, v);
+  kmalloc_obj_zone_destroy(z);
+}

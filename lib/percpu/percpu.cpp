@@ -242,6 +242,33 @@ bool take_pair(unsigned cpu, size_t offset, uintptr_t out[2], os::wait wt) {
   return out[0] || out[1];
 }
 
+uintptr_t take_word(unsigned cpu, size_t offset, os::wait wt) {
+  auto *w = reinterpret_cast<uintptr_t *>(address(cpu, offset));
+#if SYSREF_HAVE_RSEQ
+  if (g_region.m == mode::rseq) {
+    if (!g_fence) return 0;
+    for (;;) {
+      uintptr_t v = peek(cpu, offset);
+      if (!v) return 0;
+      if (!__atomic_compare_exchange_n(w, &v, uintptr_t{0}, false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED)) continue;
+      // A section that read v has committed (the word is not 0 any more:
+      // take the newer value) or restarts. Without the fence, v goes back.
+      if (!os::rseq_fence(cpu)) {
+        uintptr_t zero = 0;
+        __atomic_compare_exchange_n(w, &zero, v, false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+        return 0;
+      }
+      if (peek(cpu, offset) == 0) return v;
+    }
+  }
+#endif
+  slot_guard g(offset, wt, cpu);
+  if (!g) return 0;
+  uintptr_t v = w[0];
+  __atomic_store_n(&w[0], uintptr_t{0}, __ATOMIC_RELAXED);
+  return v;
+}
+
 uint64_t sum(size_t offset) {
   uint64_t total = 0;
   for (unsigned c = 0; c < g_region.ncpus; ++c) total += peek(c, offset);

@@ -87,6 +87,12 @@ uint64_t sum(size_t offset);  // a counter summed over every CPU
 // make sure nothing but swaps of the two words can race with it. False when
 // the pair was already empty or the kernel offers no fence.
 bool take_pair(unsigned cpu, size_t offset, uintptr_t out[2], os::wait w = os::wait::yes);
+// The same for one word, which that CPU's sections may also pop from or
+// push to: a section that read the word before the exchange and committed
+// after it put a newer value back, and the loop takes that one instead, so
+// what it returns is what no section on that CPU still holds. 0 when the
+// word was 0, the lock was out of reach, or the kernel offers no fence.
+uintptr_t take_word(unsigned cpu, size_t offset, os::wait w);
 
 // Fallback implementations (lock mode). Each takes the slot lock as w
 // allows; when it may not wait and the lock is busy, it reports what the

@@ -117,8 +117,10 @@ slab *detach(zone *z, slab *s) {
   return nullptr;
 }
 
-// A slab to bind to a CPU (lock held; may drop it to map). nullptr if none.
-slab *next_slab(zone *z, int flags) {
+// A slab to bind to a CPU (lock held; may drop it to map). nullptr if none;
+// then *refused says whether mapping a slab failed (not set when SR_NOWAIT
+// left the mapping to the thread already at it).
+slab *next_slab(zone *z, int flags, bool *refused) {
   if (!z->running && z->on(where::reserve).head) return z->on(where::reserve).head;
   if (z->on(where::partial).head) return z->on(where::partial).head;
   if (z->on(where::spare).head) return z->on(where::spare).head;
@@ -137,12 +139,36 @@ slab *next_slab(zone *z, int flags) {
     s = map_slab(z);
     z->lock.acquire();
   }
-  if (!s) return nullptr;
+  if (!s) {
+    *refused = true;
+    return nullptr;
+  }
   ++z->sync_maps;
   z->running = true;
   s->list = where::spare;
   z->on(where::spare).push(s);
   return s;
+}
+
+// With no slab to bind and none to be had from the OS, the slabs bound to
+// CPUs (this one's too) are unbound, with the objects in their slots, and
+// filed by fullness (lock held): a thread that moved to another CPU must not
+// fail while the objects it freed wait on the first one. Detached slabs that
+// turn out empty join *to_release. True if any slab was unbound.
+bool unbind_all(zone *z, os::wait w, slab **to_release) {
+  bool any = false;
+  for (unsigned cpu = 0; cpu < percpu::ncpus(); ++cpu) {
+    uintptr_t word = percpu::take_word(cpu, z->w_off(), w);
+    if (!word) continue;
+    auto *s = reinterpret_cast<slab *>(word & ~z->mask);
+    give_to_free(s, word);  // the slot's objects: a base-terminated list, or just the base
+    if (slab *e = detach(z, s)) {
+      e->next = *to_release;
+      *to_release = e;
+    }
+    any = true;
+  }
+  return any;
 }
 
 // One object straight from a reserve slab, for SR_USE_RESERVE when the OS
@@ -199,7 +225,7 @@ void *alloc_slow(zone *z, int flags) {
   slab *to_release = nullptr;
   drain_deferred(z, &to_release);
   uintptr_t emergency = 0;
-  bool refill = false, failed = false;
+  bool refill = false, failed = false, unbound = false;
   for (int misses = 0;;) {
     unsigned cpu = percpu::current_cpu();
     uintptr_t cur = percpu::peek(cpu, z->w_off());
@@ -222,7 +248,12 @@ void *alloc_slow(zone *z, int flags) {
         continue;
       }
     }
-    slab *n = next_slab(z, flags);
+    bool refused = false;
+    slab *n = next_slab(z, flags, &refused);
+    if (!n && refused && !unbound) {
+      unbound = true;
+      if (unbind_all(z, w, &to_release)) continue;
+    }
     if (!n) {
       if ((flags & SR_USE_RESERVE) && (emergency = from_reserve(z)) != 0) break;
       failed = true;
