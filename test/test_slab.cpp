@@ -566,6 +566,32 @@ Test(slab, a_moved_thread_gets_the_objects_bound_to_the_cpu_it_left, .init = fau
   kmalloc_obj_zone_destroy(z);
 }
 
+// An empty slab that the unbinding frees is kept for the CPU that needs
+// one, even with no spare slabs allowed: the OS just refused a new one.
+namespace {
+void no_spares() {
+  setenv("SYSREF_SPARE_LOW", "0", 1);
+  setenv("SYSREF_SPARE_HIGH", "0", 1);
+}
+}  // namespace
+
+Test(slab, an_empty_slab_the_unbinding_frees_serves_the_next_object, .init = no_spares) {
+  if (std::thread::hardware_concurrency() < 2) cr_skip_test("needs two CPUs");
+  move_to(0);
+  kmalloc_zone_t *z = kmalloc_obj_zone_create("t.keep", 64, 0, 0);
+  cr_assert_not_null(z);
+  kfree_obj(kmalloc_obj(z, 0), z);  // a slab from the OS, bound to CPU 0, every object free
+  sysref_os_fail_after(0);
+  move_to(1);
+  errno = 0;
+  void *p = kmalloc_obj(z, 0);
+  cr_expect_not_null(p, "errno %d", errno);
+  kfree_obj(p, z);
+  sysref_os_fail_after(-1);
+  cr_expect_eq(zstats(z).live, 0u);
+  kmalloc_obj_zone_destroy(z);
+}
+
 // The unbinding races with the other CPUs' fast paths: threads (more than
 // CPUs, moved and signalled) take objects until the reserve runs out, so
 // some always unbind the slabs others are popping from and pushing to. No

@@ -153,18 +153,20 @@ slab *next_slab(zone *z, int flags, bool *refused) {
 // With no slab to bind and none to be had from the OS, the slabs bound to
 // CPUs (this one's too) are unbound, with the objects in their slots, and
 // filed by fullness (lock held): a thread that moved to another CPU must not
-// fail while the objects it freed wait on the first one. Detached slabs that
-// turn out empty join *to_release. True if any slab was unbound.
-bool unbind_all(zone *z, os::wait w, slab **to_release) {
+// fail while the objects it freed wait on the first one. An empty one stays
+// as a spare even past the spare target: the OS just refused a slab. True
+// if any slab was unbound.
+bool unbind_all(zone *z, os::wait w) {
   bool any = false;
   for (unsigned cpu = 0; cpu < percpu::ncpus(); ++cpu) {
     uintptr_t word = percpu::take_word(cpu, z->w_off(), w);
     if (!word) continue;
     auto *s = reinterpret_cast<slab *>(word & ~z->mask);
     give_to_free(s, word);  // the slot's objects: a base-terminated list, or just the base
-    if (slab *e = detach(z, s)) {
-      e->next = *to_release;
-      *to_release = e;
+    if (slab *e = detach(z, s)) {  // retire_empty let it go: take it back
+      --z->released;
+      e->list = where::spare;
+      z->on(where::spare).push(e);
     }
     any = true;
   }
@@ -252,7 +254,7 @@ void *alloc_slow(zone *z, int flags) {
     slab *n = next_slab(z, flags, &refused);
     if (!n && refused && !unbound) {
       unbound = true;
-      if (unbind_all(z, w, &to_release)) continue;
+      if (unbind_all(z, w)) continue;
     }
     if (!n) {
       if ((flags & SR_USE_RESERVE) && (emergency = from_reserve(z)) != 0) break;
