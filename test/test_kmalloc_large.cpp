@@ -275,6 +275,35 @@ Test(kmalloc, fault_injection_sweep, .init = no_spare_slabs) {
   }
 }
 
+// With the OS refusing memory, a thread that moved to another CPU still gets
+// the blocks it freed on the first one (cached in that CPU's magazines, or
+// in the slot of the slab bound to it).
+Test(kmalloc, out_of_memory_reaches_blocks_freed_on_another_cpu) {
+  if (std::thread::hardware_concurrency() < 2) cr_skip_test("needs two CPUs");
+  auto move_to = [](unsigned cpu) {
+    test_crew::pin_to(cpu);
+    cr_assert_eq(sched_getcpu(), static_cast<int>(cpu), "could not move to CPU %u", cpu);
+  };
+  move_to(0);
+  sr_free(sr_malloc(48));  // the class's cache exists
+  sysref_os_fail_after(0);
+  std::vector<void *> v;
+  for (void *p; (p = sr_malloc(48)) != nullptr;) v.push_back(p);
+  const size_t all = v.size();
+  cr_assert_gt(all, 0u);
+  for (int round = 0; round < 4; ++round) {
+    for (void *p : v) sr_free(p);
+    v.clear();
+    move_to(round % 2 == 0 ? 1 : 0);
+    errno = 0;
+    for (void *p; (p = sr_malloc(48)) != nullptr;) v.push_back(p);
+    cr_expect_eq(v.size(), all, "round %d: %zu of %zu blocks", round, v.size(), all);
+    cr_expect_eq(errno, ENOMEM);
+  }
+  for (void *p : v) sr_free(p);
+  sysref_os_fail_after(-1);
+}
+
 // ---- regressions: large blocks under moves and signals, kept mappings ----
 
 namespace {

@@ -231,6 +231,39 @@ Test(objcache, bad_arguments_and_foreign_objects, .init = count_errors) {
   objcache_destroy(b);
 }
 
+// With the OS refusing memory, a thread that moved to another CPU still gets
+// the objects cached in the first CPU's magazines: a get that cannot make an
+// object brings them into the depot before it fails.
+Test(objcache, out_of_memory_reaches_objects_cached_on_another_cpu) {
+  if (std::thread::hardware_concurrency() < 2) cr_skip_test("needs two CPUs");
+  auto move_to = [](unsigned cpu) {
+    test_crew::pin_to(cpu);
+    cr_assert_eq(sched_getcpu(), static_cast<int>(cpu), "could not move to CPU %u", cpu);
+  };
+  move_to(0);
+  objcache_t *oc = objcache_create("t.moved", 64, 0, nullptr, nullptr, nullptr, 0, 0);
+  cr_assert_not_null(oc);
+  objcache_put(oc, objcache_get(oc, 0));  // the cache and its first magazine exist
+  sysref_os_fail_after(0);
+  std::vector<void *> got;
+  for (void *p; (p = objcache_get(oc, 0)) != nullptr;) got.push_back(p);  // all there is
+  const size_t all = got.size();
+  cr_assert_gt(all, 0u);
+  for (int round = 0; round < 4; ++round) {
+    for (void *p : got) objcache_put(oc, p);  // cached on this CPU (and in the depot)
+    got.clear();
+    move_to(round % 2 == 0 ? 1 : 0);
+    errno = 0;
+    for (void *p; (p = objcache_get(oc, 0)) != nullptr;) got.push_back(p);
+    cr_expect_eq(got.size(), all, "round %d: %zu of %zu objects", round, got.size(), all);
+    cr_expect_eq(errno, ENOMEM);
+  }
+  for (void *p : got) objcache_put(oc, p);
+  sysref_os_fail_after(-1);
+  cr_expect_eq(stats_of(oc).live, 0u);
+  objcache_destroy(oc);
+}
+
 // At the limit, with every object cached on a CPU whose thread is gone, a
 // get must find them rather than fail (SR_NOWAIT) or sleep forever.
 Test(objcache, limit_reaches_objects_stranded_on_another_cpu) {

@@ -319,9 +319,21 @@ void *get_slow(cache *c, int flags) {
     if (!nowait) maybe_scavenge();  // about to grow: first let idle caches give back
     if (!c->ctor && !c->dtor && !c->limit)
       if (void *obj = fill_from_slab(c, flags, w)) return obj;
+    int before = errno;
     void *made = construct(c, flags);
-    if (made) c->gets.fetch_add(1, std::memory_order_relaxed);
-    return made;
+    if (made) {
+      c->gets.fetch_add(1, std::memory_order_relaxed);
+      return made;
+    }
+    // Out of memory, objects may still sit cached on other CPUs (a thread
+    // that moved left them there): into the depot with them, and look again.
+    // Not for SR_NOWAIT, which also fails when a lock is merely busy: that
+    // must not take every CPU's magazines away.
+    if (!nowait && errno == ENOMEM && pull_cached_into_depot(c, w) && ++pulls < 64) {
+      errno = before;
+      continue;
+    }
+    return nullptr;
   }
 }
 
