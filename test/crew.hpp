@@ -164,4 +164,10 @@ inline void pin_to(unsigned cpu) {
   sched_setaffinity(0, sizeof set, &set);
 }
 
+// Pins the calling thread to cpu, which must exist, and checks it runs there.
+inline void move_to(unsigned cpu) {
+  pin_to(cpu);
+  cr_assert_eq(sched_getcpu(), static_cast<int>(cpu), "could not move to CPU %u", cpu);
+}
+
 }  // namespace test_crew

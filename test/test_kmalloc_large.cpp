@@ -280,11 +280,7 @@ Test(kmalloc, fault_injection_sweep, .init = no_spare_slabs) {
 // in the slot of the slab bound to it).
 Test(kmalloc, out_of_memory_reaches_blocks_freed_on_another_cpu) {
   if (std::thread::hardware_concurrency() < 2) cr_skip_test("needs two CPUs");
-  auto move_to = [](unsigned cpu) {
-    test_crew::pin_to(cpu);
-    cr_assert_eq(sched_getcpu(), static_cast<int>(cpu), "could not move to CPU %u", cpu);
-  };
-  move_to(0);
+  test_crew::move_to(0);
   sr_free(sr_malloc(48));  // the class's cache exists
   sysref_os_fail_after(0);
   std::vector<void *> v;
@@ -294,7 +290,7 @@ Test(kmalloc, out_of_memory_reaches_blocks_freed_on_another_cpu) {
   for (int round = 0; round < 4; ++round) {
     for (void *p : v) sr_free(p);
     v.clear();
-    move_to(round % 2 == 0 ? 1 : 0);
+    test_crew::move_to(round % 2 == 0 ? 1 : 0);
     errno = 0;
     for (void *p; (p = sr_malloc(48)) != nullptr;) v.push_back(p);
     cr_expect_eq(v.size(), all, "round %d: %zu of %zu blocks", round, v.size(), all);

@@ -236,11 +236,7 @@ Test(objcache, bad_arguments_and_foreign_objects, .init = count_errors) {
 // object brings them into the depot before it fails.
 Test(objcache, out_of_memory_reaches_objects_cached_on_another_cpu) {
   if (std::thread::hardware_concurrency() < 2) cr_skip_test("needs two CPUs");
-  auto move_to = [](unsigned cpu) {
-    test_crew::pin_to(cpu);
-    cr_assert_eq(sched_getcpu(), static_cast<int>(cpu), "could not move to CPU %u", cpu);
-  };
-  move_to(0);
+  test_crew::move_to(0);
   objcache_t *oc = objcache_create("t.moved", 64, 0, nullptr, nullptr, nullptr, 0, 0);
   cr_assert_not_null(oc);
   objcache_put(oc, objcache_get(oc, 0));  // the cache and its first magazine exist
@@ -252,7 +248,7 @@ Test(objcache, out_of_memory_reaches_objects_cached_on_another_cpu) {
   for (int round = 0; round < 4; ++round) {
     for (void *p : got) objcache_put(oc, p);  // cached on this CPU (and in the depot)
     got.clear();
-    move_to(round % 2 == 0 ? 1 : 0);
+    test_crew::move_to(round % 2 == 0 ? 1 : 0);
     errno = 0;
     for (void *p; (p = objcache_get(oc, 0)) != nullptr;) got.push_back(p);
     cr_expect_eq(got.size(), all, "round %d: %zu of %zu objects", round, got.size(), all);

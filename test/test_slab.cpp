@@ -538,11 +538,6 @@ Test(slab, sysref_fault_0_still_runs_a_reserve_zone, .init = fault_from_the_star
 // slab. Without the unbinding, each drain below stops at one slab.
 namespace {
 alignas(65536) char g_moved_reserve[2 * 65536];
-
-void move_to(unsigned cpu) {
-  test_crew::pin_to(cpu);
-  cr_assert_eq(sched_getcpu(), static_cast<int>(cpu), "could not move to CPU %u", cpu);
-}
 }  // namespace
 
 Test(slab, a_moved_thread_gets_the_objects_bound_to_the_cpu_it_left, .init = fault_from_the_start) {
