@@ -21,7 +21,9 @@
 //        has rounds, swap them. Otherwise trade the empty previous magazine
 //        for a full one from the depot (loaded becomes previous). With no
 //        full magazine in the depot, take an object from the slab layer and
-//        construct it.
+//        construct it. If that fails for want of memory, bring every CPU's
+//        magazines into the depot and look again (objects put on a CPU that
+//        a thread has left).
 //   put: push onto the loaded magazine. If it is full and the previous one
 //        has room, swap them. Otherwise trade the full previous magazine for
 //        an empty one from the depot (or a new one). If no magazine can be
