@@ -628,7 +628,7 @@ Test(slab, unbinding_races_with_the_fast_paths_and_loses_nothing, .init = fault_
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));
   }
   cr_expect_eq(twice.load(), 0u, "objects handed out twice");
-  cr_expect_gt(refusals.load(), 0u, "the reserve never ran out: nothing was unbound");
+  cr_expect_gt(refusals.load(), 0u, "the reserve never ran out, so the unbinding never ran");
   kmalloc_zone_stats st = zstats(z);
   cr_expect_eq(st.live, 0u);
   cr_expect_eq(st.allocs, st.frees);
