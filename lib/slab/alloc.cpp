@@ -108,11 +108,12 @@ uintptr_t take_objects(zone *z, slab *s) {
 }
 
 // The slab stops being bound to a CPU (lock held): collect its remote frees,
-// then file it by fullness. Returns a slab to release, if any.
-slab *detach(zone *z, slab *s) {
+// then file it by fullness. Returns a slab to release, if any (never with
+// keep_empty).
+slab *detach(zone *z, slab *s, bool keep_empty = false) {
   uintptr_t list = s->remote.exchange(base_of(s) | detached_bit, std::memory_order_acquire);
   give_to_free(s, list);
-  if (s->nfree == z->nobjs) return retire_empty(z, s);
+  if (s->nfree == z->nobjs) return retire_empty(z, s, keep_empty);
   move(z, s, s->nfree == 0 ? where::full : s->is_reserve ? where::reserve : where::partial);
   return nullptr;
 }
@@ -163,11 +164,7 @@ bool unbind_all(zone *z, os::wait w) {
     if (!word) continue;
     auto *s = reinterpret_cast<slab *>(word & ~z->mask);
     give_to_free(s, word);  // the slot's objects: a base-terminated list, or just the base
-    if (slab *e = detach(z, s)) {  // retire_empty let it go: take it back
-      --z->released;
-      e->list = where::spare;
-      z->on(where::spare).push(e);
-    }
+    detach(z, s, true);
     any = true;
   }
   return any;

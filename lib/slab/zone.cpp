@@ -115,7 +115,7 @@ void move(zone *z, slab *s, where to) {
   z->on(to).push(s);
 }
 
-slab *retire_empty(zone *z, slab *s) {
+slab *retire_empty(zone *z, slab *s, bool keep) {
   s->free = base_of(s);  // forget the scattered list: the next user carves in order
   s->bump = 0;
   s->resident = 0;  // the decay may decommit it: the next carve populates again
@@ -124,7 +124,7 @@ slab *retire_empty(zone *z, slab *s) {
     move(z, s, where::reserve);
     return nullptr;
   }
-  if (z->type_stable || z->on(where::spare).count < z->spare_high) {
+  if (keep || z->type_stable || z->on(where::spare).count < z->spare_high) {
     move(z, s, where::spare);
     return nullptr;
   }

@@ -109,9 +109,10 @@ inline uintptr_t base_of(const slab *s) { return reinterpret_cast<uintptr_t>(s);
 
 // Shared between alloc.cpp and zone.cpp (all with z->lock held).
 void move(zone *z, slab *s, where to);
-// A slab whose objects are all free: keep it spare, or queue it for release
-// (returned: the caller releases it after dropping the lock).
-slab *retire_empty(zone *z, slab *s);
+// A slab whose objects are all free: keep it spare (always with keep), or
+// queue it for release (returned: the caller releases it after dropping the
+// lock).
+slab *retire_empty(zone *z, slab *s, bool keep = false);
 void unmap_slab(zone *z, slab *s);  // to the OS at once, without the lock
 // Slabs linked by next leave the zone for the pool (pool.cpp), without the
 // lock; w says whether the pool's lock may be waited for (else: unmapped).
