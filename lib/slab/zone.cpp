@@ -167,9 +167,11 @@ void release_chain(zone *z, slab *chain, os::wait w) {
 void trim_idle_zones(uint64_t now, uint64_t idle_ns) {
   os::guard g(g_registry);
   for (zone *z = g_registry_head; z; z = z->reg_next) {
-    if (z->type_stable || !z->lock.try_acquire()) continue;  // busy: not idle
+    if (!z->lock.try_acquire()) continue;  // busy: not idle
     slab *drop = nullptr;
-    if (now >= z->last_bind_ns && now - z->last_bind_ns >= idle_ns) {
+    // type_stable under the lock: lazy_zone::make sets it after the zone is
+    // already in the registry.
+    if (!z->type_stable && now >= z->last_bind_ns && now - z->last_bind_ns >= idle_ns) {
       while (slab *s = z->on(where::spare).head) {
         z->on(where::spare).remove(s);
         ++z->released;
