@@ -13,6 +13,7 @@
 #include <ctime>
 #include <fcntl.h>
 #include <pthread.h>
+#include <random>
 #include <sched.h>
 #include <sysref/kmalloc_obj.h>
 #include <sys/mman.h>
@@ -137,6 +138,85 @@ Test(slab, double_free_on_a_detached_slab_is_caught, .init = count_errors) {
   free_all(z, v);
   cr_expect_eq(zstats(z).live, 0u);
   kmalloc_obj_zone_destroy(z);
+}
+
+namespace {
+
+// Everything drained from a fresh zone, shuffled, with the bad entries a
+// batch must report and skip: nullptrs (skipped silently), a second free of
+// an object of the slab bound to this CPU and of one of a detached slab, an
+// interior pointer, a stack address and another zone's object (4 errors
+// besides the nullptrs... counted below).
+struct bad_batch {
+  std::vector<void *> good, batch;
+  long on_stack[4];
+  void *other_obj;
+};
+
+bad_batch make_batch(kmalloc_zone_t *z, kmalloc_zone_t *other) {
+  bad_batch b;
+  b.good = drain(z, 0, 2000);  // 256 B objects: several slabs, the last one bound
+  cr_assert_eq(b.good.size(), 2000u);
+  b.other_obj = kmalloc_obj(other, 0);
+  b.batch = b.good;
+  std::shuffle(b.batch.begin(), b.batch.end(), std::mt19937(7));
+  b.batch.insert(b.batch.begin() + 100, nullptr);
+  b.batch.push_back(nullptr);
+  b.batch.push_back(b.good.back());   // double free: the bound slab
+  b.batch.push_back(b.good.front());  // double free: a detached slab
+  b.batch.push_back(static_cast<char *>(b.good[500]) + 16);
+  b.batch.push_back(b.on_stack);
+  b.batch.push_back(b.other_obj);
+  return b;
+}
+
+// After a batch of every object: nothing live, no slab left with an object
+// missing (partial or full), and the five bad entries counted.
+void expect_all_filed(kmalloc_zone_t *z) {
+  kmalloc_zone_stats s = zstats(z);
+  cr_expect_eq(s.live, 0u);
+  cr_expect_eq(s.frees, 2000u);
+  cr_expect_eq(s.slabs_partial + s.slabs_full, 0u, "%llu partial, %llu full: an object was not filed",
+               (unsigned long long)s.slabs_partial, (unsigned long long)s.slabs_full);
+  cr_expect_eq(s.errors, 5u);
+  std::vector<void *> again = drain(z, 0, 2000);  // and the objects serve again
+  cr_expect_eq(again.size(), 2000u);
+  cr_expect(all_distinct(again), "an object was handed out twice");
+  free_all(z, again);
+}
+
+}  // namespace
+
+// free_batch (what the object cache uses to give a magazine back) frees
+// each object as kfree_obj would, and reports the bad ones without losing
+// the rest.
+Test(slab, a_batch_free_files_every_object_and_reports_the_bad_ones, .init = count_errors) {
+  kmalloc_zone_t *z = kmalloc_obj_zone_create("t.batch", 256, 0, 0);
+  kmalloc_zone_t *other = kmalloc_obj_zone_create("t.batch.other", 256, 0, 0);
+  bad_batch b = make_batch(z, other);
+  sysref::slab::free_batch(reinterpret_cast<sysref::slab::zone *>(z), b.batch.data(), b.batch.size());
+  expect_all_filed(z);
+  kfree_obj(b.other_obj, other);
+  kmalloc_obj_zone_destroy(z);
+  kmalloc_obj_zone_destroy(other);
+}
+
+// With the zone lock busy, the batch's unbound objects go to the deferred
+// stack in one piece, and the next lock holder files all of them.
+Test(slab, a_batch_free_defers_to_a_busy_zone_lock, .init = count_errors) {
+  kmalloc_zone_t *z = kmalloc_obj_zone_create("t.batch", 256, 0, 0);
+  kmalloc_zone_t *other = kmalloc_obj_zone_create("t.batch.other", 256, 0, 0);
+  bad_batch b = make_batch(z, other);
+  auto *zz = reinterpret_cast<sysref::slab::zone *>(z);
+  zz->lock.acquire();
+  sysref::slab::free_batch(zz, b.batch.data(), b.batch.size());
+  bool deferred = zz->deferred.load() != 0;
+  zz->lock.release();
+  cr_expect(deferred, "the batch waited for the lock instead of deferring");
+  expect_all_filed(z);
+  kfree_obj(b.other_obj, other);
+  kmalloc_obj_zone_destroy(z);
+  kmalloc_obj_zone_destroy(other);
 }
 
 // ---- regressions: migration, signals, remote frees ----

@@ -78,9 +78,9 @@ bool admit(cache *c) {
   return false;
 }
 
-void unadmit(cache *c) {
+void unadmit(cache *c, uint64_t n = 1) {
   if (!c->limit) return;
-  c->existing.fetch_sub(1, std::memory_order_relaxed);
+  c->existing.fetch_sub(n, std::memory_order_relaxed);
   c->limit_seq.fetch_add(1, std::memory_order_release);
   if (c->waiters.load(std::memory_order_relaxed)) os::futex_wake(&c->limit_seq, 1 << 30);
 }
@@ -138,14 +138,16 @@ void wait_at_limit(cache *c) {
 
 }  // namespace
 
-void destruct(cache *c, void *obj) {
+void destruct(cache *c, void *obj) { destruct_batch(c, &obj, 1); }
+
+void destruct_batch(cache *c, void *const *objs, uint32_t n) {
   if (c->dtor) {
-    c->dtor(obj, c->priv);
-    c->dtor_calls.fetch_add(1, std::memory_order_relaxed);
+    for (uint32_t i = 0; i < n; ++i) c->dtor(objs[i], c->priv);
+    c->dtor_calls.fetch_add(n, std::memory_order_relaxed);
   }
-  slab::free(c->zone, obj);
-  c->slab_frees.fetch_add(1, std::memory_order_relaxed);
-  unadmit(c);
+  slab::free_batch(c->zone, objs, n);
+  c->slab_frees.fetch_add(n, std::memory_order_relaxed);
+  unadmit(c, n);
 }
 
 // The slow paths never read a magazine that the slot named a moment ago: by
@@ -173,19 +175,25 @@ bool cold(const cache *c) {
 }
 
 // Trades the slot's previous magazine for m: {loaded, prev} -> {m, loaded}.
-// On success the old previous magazine goes to the depot (lock held), or,
-// full while the depot already holds depot_cap full ones of a cache without
-// a ctor from which no get took a magazine for its idle period, to *excess,
-// for the caller to give back to the slab layer once the lock is dropped.
+// On success the old previous magazine goes to the depot (lock held).
+// With excess (a put), when the depot of a cache without a ctor already
+// holds depot_cap full magazines and no get took one for its idle period,
+// the loaded magazine is traded instead, {loaded, prev} -> {m, prev}, and
+// goes to *excess, for the caller to give back to the slab layer once the
+// lock is dropped: its objects were freed last, so their lines are the ones
+// still in cache when the slab layer writes them.
 bool exchange(cache *c, magazine *m, os::wait w, magazine **excess = nullptr) {
   unsigned cpu = percpu::current_cpu();
   uintptr_t loaded = percpu::peek(cpu, c->loaded_off), prev = percpu::peek(cpu, c->prev_off());
-  if (!percpu::compare_store_pair(c->loaded_off, loaded, prev, as_word(m), loaded, w)) return false;
+  const bool overflow = excess && !c->ctor && c->dep.nfull >= depot_cap() && cold(c);
+  if (!percpu::compare_store_pair(c->loaded_off, loaded, prev, as_word(m), overflow ? prev : loaded, w))
+    return false;
   c->exchanges.fetch_add(1, std::memory_order_relaxed);
-  if (!prev) return true;
-  auto *old = reinterpret_cast<magazine *>(prev);
+  uintptr_t out = overflow ? loaded : prev;
+  if (!out) return true;
+  auto *old = reinterpret_cast<magazine *>(out);
   uint64_t word = old->word;
-  if (excess && !c->ctor && rounds_of(word) && c->dep.nfull >= depot_cap() && cold(c)) {
+  if (overflow && rounds_of(word)) {
     fold(c, word);
     old->word = word & percpu::stack_count_mask;
     old->next = *excess;
@@ -220,7 +228,7 @@ void *fill_from_slab(cache *c, int flags, os::wait w) {
   if (n) note_made(c, n);
   if (n < 2 || !depot_acquire(c, w)) {  // too little to load: hand out one, keep the rest
     void *obj = n ? items(m)[--n] : nullptr;
-    for (uint32_t i = 0; i < n; ++i) slab::free(c->zone, items(m)[i]);
+    slab::free_batch(c->zone, items(m), n);
     c->slab_frees.fetch_add(n, std::memory_order_relaxed);
     mag_free(m);
     if (obj) c->gets.fetch_add(1, std::memory_order_relaxed);

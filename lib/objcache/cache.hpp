@@ -76,6 +76,7 @@ size_t drain_magazines(cache *c, magazine *chain);  // without the lock
 // returns magazines to drain (without lock).
 magazine *reap_if_due(cache *c);
 void destruct(cache *c, void *obj);  // dtor, back to the slab, limit accounting
+void destruct_batch(cache *c, void *const *objs, uint32_t n);  // the same, one slab batch
 // Moves every CPU's magazines into the depot (without the lock): objects
 // cached on CPUs whose threads no longer call the cache come back within
 // reach. True if any held rounds.

@@ -155,7 +155,7 @@ size_t drain_magazines(cache *c, magazine *chain) {
       fold(c, w);
     }
     uint32_t rounds = rounds_of(w);
-    for (uint32_t i = 0; i < rounds; ++i) destruct(c, items(chain)[i]);
+    destruct_batch(c, items(chain), rounds);
     bytes += rounds * c->objsize + mag_bytes(chain);
     mag_free(chain);
     chain = next;

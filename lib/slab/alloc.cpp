@@ -1,15 +1,14 @@
-// kmalloc_obj allocation and free paths.
+// kmalloc_obj allocation paths (the free side is free.cpp).
 //
-// Fast path: pop from / push to the current CPU's slot list (one rseq
-// section, no lock), then count the event in a per-CPU counter.
+// Fast path: pop from the current CPU's slot list (one rseq section, no
+// lock), counted in the same commit.
 // Slow path (zone lock held, once per batch): refill the slot from the
 // active slab's remote frees, its locked free list or its unused tail;
 // otherwise bind another slab to the CPU (partial, spare, reserve, or one
 // mapped now) and retire the exhausted one. After the lock is dropped the
 // caller may map spare slabs ahead of demand (proactive refill), once the
 // zone has needed a second slab.
-// SR_NOWAIT takes every lock only if it is free at once; a free never waits
-// for the zone lock (the deferred stack, zone.hpp).
+// SR_NOWAIT takes every lock only if it is free at once.
 #include <cerrno>
 #include <cstring>
 
@@ -19,8 +18,6 @@
 
 namespace sysref::slab {
 namespace {
-
-uintptr_t *words(uintptr_t obj) { return reinterpret_cast<uintptr_t *>(obj); }
 
 // Length of a list ending at base.
 uint32_t list_length(uintptr_t list, uintptr_t base) {
@@ -315,71 +312,6 @@ void bad_free(zone *z, void *ptr, const char *what) {
   z->errors.fetch_add(1, std::memory_order_relaxed);
 }
 
-namespace {
-
-// p goes back to its slab's locked list (lock held). Returns the slab if it
-// became empty and must be released.
-slab *free_locked(zone *z, slab *s, uintptr_t p) {
-  words(p)[0] = s->free;
-  s->free = p;
-  ++s->nfree;
-  if (s->list == where::active) return nullptr;  // bound again meanwhile: its CPU takes it
-  if (s->nfree == z->nobjs) return retire_empty(z, s);
-  if (s->nfree == 1) move(z, s, s->is_reserve ? where::reserve : where::partial);
-  return nullptr;
-}
-
-}  // namespace
-
-void drain_deferred(zone *z, slab **release) {
-  if (!z->deferred.load(std::memory_order_relaxed)) return;
-  uintptr_t p = z->deferred.exchange(0, std::memory_order_acquire);
-  while (p) {
-    uintptr_t next = words(p)[0];
-    if (slab *e = free_locked(z, slab_of(z, p), p)) {
-      e->next = *release;
-      *release = e;
-    }
-    p = next;
-  }
-}
-
-void free_slow(zone *z, uintptr_t p, bool tagged) {
-  slab *s = slab_of(z, p);
-  if (pagemap::get(p) != z)
-    return bad_free(z, reinterpret_cast<void *>(p), "kfree_obj: pointer not from zone");
-  uintptr_t *o = words(p);
-  if (!tagged && o[1] == z->marker(p))
-    return bad_free(z, reinterpret_cast<void *>(p), "kfree_obj: double free in zone");
-  o[1] = z->marker(p);
-  percpu::add(z->frees_off(), 1);
-  // Active elsewhere: the lock-free remote stack, collected by the owner CPU.
-  uintptr_t head = s->remote.load(std::memory_order_relaxed);
-  while (!(head & detached_bit)) {
-    o[0] = head;
-    if (s->remote.compare_exchange_weak(head, p, std::memory_order_release, std::memory_order_relaxed))
-      return;
-  }
-  // Not bound to any CPU: the zone lock files the slab by its new fullness.
-  // A free never waits for it: if it is busy, the object goes on the
-  // deferred stack for the holder (or the next one) to file.
-  if (!z->lock.try_acquire()) {
-    uintptr_t top = z->deferred.load(std::memory_order_relaxed);
-    do o[0] = top;
-    while (!z->deferred.compare_exchange_weak(top, p, std::memory_order_release, std::memory_order_relaxed));
-    return;
-  }
-  slab *to_release = nullptr;
-  drain_deferred(z, &to_release);
-  if (slab *e = free_locked(z, s, p)) {
-    e->next = to_release;
-    to_release = e;
-  }
-  z->lock.release();
-  release_chain(z, to_release);
-}
-
 void *alloc(zone *z, int flags) { return alloc_fast(z, flags); }
-void free(zone *z, void *ptr) { free_fast(z, ptr); }
 
 }  // namespace sysref::slab

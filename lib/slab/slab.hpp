@@ -113,6 +113,9 @@ struct lazy_zone {
 };
 void *alloc(zone *z, int flags);
 void free(zone *z, void *obj);
+// free() of each of objs[0..n) (nullptrs skipped), with one zone lock
+// acquisition for all the objects whose slab no CPU has bound.
+void free_batch(zone *z, void *const *objs, size_t n);
 int reserve(zone *z, void *mem, size_t len);
 int set_spare(zone *z, unsigned low, unsigned high);
 size_t slab_size(const zone *z);

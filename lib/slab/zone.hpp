@@ -106,6 +106,7 @@ struct zone : geometry {  // the geometry first: slab.hpp reads it inline
 
 inline slab *slab_of(const zone *z, uintptr_t p) { return reinterpret_cast<slab *>(p & ~z->mask); }
 inline uintptr_t base_of(const slab *s) { return reinterpret_cast<uintptr_t>(s); }
+inline uintptr_t *words(uintptr_t obj) { return reinterpret_cast<uintptr_t *>(obj); }  // link, marker
 
 // Shared between alloc.cpp and zone.cpp (all with z->lock held).
 void move(zone *z, slab *s, where to);
