@@ -144,7 +144,7 @@ Test(slab, object_index_and_start_test_agree_with_division) {
       uintptr_t off = p - slab;
       if (off < g.first_offset || (off - g.first_offset) % g.objsize != 0) return ~uintptr_t{0};
       uintptr_t index = (off - g.first_offset) / g.objsize;
-      return index < g.nobjs ? index : ~uintptr_t{0};
+      return index < z->nobjs ? index : ~uintptr_t{0};
     };
     auto agree = [&](uintptr_t p) {
       uintptr_t want = expected(p);
@@ -152,7 +152,7 @@ Test(slab, object_index_and_start_test_agree_with_division) {
     };
     size_t bad = 0;
     for (uintptr_t off = 0; off <= g.mask; off += 8) bad += !agree(slab + off);
-    for (uint32_t i = 0; i < g.nobjs; ++i) {
+    for (uint32_t i = 0; i < z->nobjs; ++i) {
       uintptr_t p = slab + g.first_offset + uintptr_t{i} * g.objsize;
       bad += !agree(p - 1) + !agree(p + 1) + !agree(p) + (expected(p) != i);
     }

@@ -66,10 +66,8 @@ bool init_zone(zone *z, const char *name, size_t objsize, size_t align) {
   while ((z->slab_size - z->first_offset) / objsize < 8) z->slab_size <<= 1;
   z->nobjs = static_cast<uint32_t>((z->slab_size - z->first_offset) / objsize);
   z->mask = z->slab_size - 1;
-  z->shift = static_cast<uint16_t>(std::countr_zero(objsize));
-  uint64_t odd = objsize >> z->shift, inverse = odd;  // correct to 3 bits; each step doubles them
-  for (int i = 0; i < 5; ++i) inverse *= 2 - odd * inverse;
-  z->inverse = inverse;
+  z->span = z->nobjs * z->objsize;
+  z->reciprocal = UINT64_MAX / objsize + 1;  // objsize >= 16: never wraps to 0
   // A batch fills about a page, so refills fault pages in one at a time.
   size_t batch = os::page_size() / objsize;
   z->batch = static_cast<uint32_t>(batch < 4 ? 4 : batch > 64 ? 64 : batch);

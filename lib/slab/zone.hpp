@@ -78,6 +78,7 @@ struct slab_list {
 
 struct zone : geometry {  // the geometry first: slab.hpp reads it inline
   uint64_t magic;
+  uint32_t nobjs;  // objects per slab
   char name[32];
   size_t slab_size;
   uint32_t batch;
