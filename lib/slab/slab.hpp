@@ -21,10 +21,9 @@ namespace sysref::slab {
 // rounded up, objsize divides off iff off * m < m (mod 2^64), and the
 // quotient is the high half of off * m (Lemire, Kaser and Kurz, "Faster
 // remainder by direct computation", 2019). An offset below the first
-// object wraps, and fails off < span. One multiply and two compares: the
-// free paths run this on every call, and it replaces an odd-inverse
-// multiply and a rotate by a variable count, which measured ~15% of the
-// churn workload's time.
+// object wraps, and fails off < span. One multiply and two compares: every
+// free runs it, and on the churn workload this form took 3% less time than
+// the odd-inverse multiply and rotate by a variable count it replaced.
 struct geometry {
   uintptr_t mask;         // slab_size - 1
   uint64_t reciprocal;    // 2^64 / objsize, rounded up
@@ -61,8 +60,7 @@ inline void set_tag(zone *z, uint16_t tag, void *upper, uint64_t upper_key, uint
 // must never produce that value.
 inline uint64_t free_secret(const zone *z) { return geometry_of(z).secret; }
 
-// The layout's test, from its parts (geometry's comment). Both compares are
-// evaluated, without a branch between them: one branch on the result.
+// The layout's test, from its parts (geometry's comment).
 inline bool is_start_offset(uint64_t off, uint32_t span, uint64_t reciprocal) {
   return (off < span) & (off * reciprocal < reciprocal);
 }
