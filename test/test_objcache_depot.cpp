@@ -380,3 +380,29 @@ Test(objcache, a_ctorless_cache_caps_its_depot_and_fills_by_the_magazine) {
   cr_expect_eq(s.live, 0u);
   objcache_destroy(oc);
 }
+
+// Past the cap, a put gives back the magazine it has just filled, whose
+// objects were freed last (their lines still cached), and the CPU keeps its
+// previous magazine. Which objects went back shows in the slab layer's free
+// marker (word 1 = zone secret ^ address): every object put after the depot
+// reached its cap, except the last magazine's worth, must carry it.
+Test(objcache, past_the_cap_the_magazine_just_filled_goes_back) {
+  test_crew::pin_to(0);
+  objcache_t *oc = objcache_create("t.cap.last", 128, 0, nullptr, nullptr, nullptr, 0, 0);
+  const size_t mag = stats_of(oc).mag_size, cap = 2 * std::thread::hardware_concurrency() + 2;
+  // Half a magazine over a whole number: the last one is partly filled.
+  const size_t n = (cap + 16) * mag + mag / 2;
+  std::vector<void *> v;
+  for (size_t i = 0; i < n; ++i) v.push_back(objcache_get(oc, 0));
+  for (void *p : v) objcache_put(oc, p);
+  // The depot reached its cap once about cap + 2 magazines had been put.
+  const size_t from = (cap + 3) * mag, to = n - mag;
+  uint64_t secret = sysref::slab::free_secret(sysref::objcache::zone_of(reinterpret_cast<sysref::objcache::cache *>(oc)));
+  size_t cached = 0;
+  for (size_t i = from; i < to; ++i) {
+    auto a = reinterpret_cast<uintptr_t>(v[i]);
+    cached += static_cast<uintptr_t *>(v[i])[1] != (secret ^ a);
+  }
+  cr_expect_eq(cached, 0u, "%zu of the objects put between %zu and %zu are still cached", cached, from, to);
+  objcache_destroy(oc);
+}
