@@ -142,14 +142,13 @@ Test(slab, double_free_on_a_detached_slab_is_caught, .init = count_errors) {
 
 namespace {
 
-// Everything drained from a fresh zone, shuffled, with the bad entries a
-// batch must report and skip: nullptrs (skipped silently), a second free of
-// an object of the slab bound to this CPU and of one of a detached slab, an
-// interior pointer, a stack address and another zone's object (4 errors
-// besides the nullptrs... counted below).
+// Everything drained from a fresh zone, shuffled, with the entries a batch
+// must skip: two nullptrs (silently), and five it must report: a second
+// free of an object of the slab bound to this CPU and of one of a detached
+// slab, an interior pointer, a stack address and another zone's object.
 struct bad_batch {
   std::vector<void *> good, batch;
-  long on_stack[4];
+  long on_stack[4];  // an address no zone owns
   void *other_obj;
 };
 
