@@ -111,29 +111,12 @@ constexpr size_t prefetch_ahead = 8;
 void free_batch(zone *z, void *const *objs, size_t n) {
   uintptr_t head = 0, tail = 0;
   for (size_t i = 0; i < n; ++i) {
-    // A magazine given back holds objects freed long ago, each on its own
-    // line, likely cold: start the misses a few objects ahead.
+    // A magazine's objects lie one to a line over many slabs, and the
+    // checks read each: start the misses a few objects ahead (frag: 2%).
     if (i + prefetch_ahead < n) __builtin_prefetch(objs[i + prefetch_ahead], 1);
     auto p = reinterpret_cast<uintptr_t>(objs[i]);
-    if (!p) continue;
-    if (__builtin_expect(object_index(*z, p) == ~uintptr_t{0}, 0)) {
-      bad_free(z, objs[i], "kfree_obj: not the start of an object of zone");
-      continue;
-    }
-    bool tagged = false;
-    switch (percpu::push_counted(z->w_off(), ~z->mask, p & ~z->mask, p, z->marker(p),
-                                 os::wait::unless_reentered)) {
-      case percpu::pushed:
-        continue;
-      case percpu::duplicate:
-        bad_free(z, objs[i], "kfree_obj: double free in zone");
-        continue;
-      case percpu::not_owner_tagged:
-        tagged = true;
-        break;
-      case percpu::not_owner:
-        break;
-    }
+    bool tagged;
+    if (!p || free_to_slot(z, p, &tagged)) continue;
     if (!mark_freed(z, p, tagged) || push_remote(z, p)) continue;
     // Only objects nobody else can reach yet are linked: the chain is ours.
     words(p)[0] = head;

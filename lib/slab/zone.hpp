@@ -172,22 +172,36 @@ SR_RSEQ_FN void *alloc_fast(zone *z, int flags) {
   return hand_out(z, obj, flags);
 }
 
-SR_RSEQ_FN void free_fast(zone *z, void *ptr) {
-  if (!ptr) return;
-  uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
-  if (__builtin_expect(object_index(*z, p) == ~uintptr_t{0}, 0))
-    return bad_free(z, ptr, "kfree_obj: not the start of an object of zone");
+// A free's checks and its push onto this CPU's slot: true when p is done
+// with (pushed, or reported), false when it needs free_slow (with *tagged).
+SR_RSEQ_FN bool free_to_slot(zone *z, uintptr_t p, bool *tagged) {
+  auto *ptr = reinterpret_cast<void *>(p);
+  if (__builtin_expect(object_index(*z, p) == ~uintptr_t{0}, 0)) {
+    bad_free(z, ptr, "kfree_obj: not the start of an object of zone");
+    return true;
+  }
   switch (percpu::push_counted(z->w_off(), ~z->mask, p & ~z->mask, p, z->marker(p),
                                os::wait::unless_reentered)) {
     case percpu::pushed:
-      return;
+      return true;
     case percpu::duplicate:
-      return bad_free(z, ptr, "kfree_obj: double free in zone");
-    case percpu::not_owner:
-      return free_slow(z, p, false);
+      bad_free(z, ptr, "kfree_obj: double free in zone");
+      return true;
     case percpu::not_owner_tagged:
-      return free_slow(z, p, true);
+      *tagged = true;
+      return false;
+    case percpu::not_owner:
+      break;
   }
+  *tagged = false;
+  return false;
+}
+
+SR_RSEQ_FN void free_fast(zone *z, void *ptr) {
+  if (!ptr) return;
+  uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
+  bool tagged;
+  if (!free_to_slot(z, p, &tagged)) free_slow(z, p, tagged);
 }
 
 }  // namespace sysref::slab
