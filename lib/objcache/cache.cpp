@@ -141,6 +141,7 @@ void wait_at_limit(cache *c) {
 void destruct(cache *c, void *obj) { destruct_batch(c, &obj, 1); }
 
 void destruct_batch(cache *c, void *const *objs, uint32_t n) {
+  if (!n) return;  // an empty magazine: no count to change, no waiter to wake
   if (c->dtor) {
     for (uint32_t i = 0; i < n; ++i) c->dtor(objs[i], c->priv);
     c->dtor_calls.fetch_add(n, std::memory_order_relaxed);

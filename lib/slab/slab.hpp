@@ -5,7 +5,6 @@
 #pragma once
 #include <cstddef>
 #include <atomic>
-#include <bit>
 #include <cstdint>
 
 #include <sysref/kmalloc_obj.h>
@@ -137,7 +136,7 @@ inline zone *owner_of(const void *p) {
 }
 // Whether p is the start of an object in z's slab layout (arithmetic only).
 inline bool is_object_start(const zone *z, const void *p) {
-  return object_index(geometry_of(z), reinterpret_cast<uintptr_t>(p)) != ~uintptr_t{0};
+  return starts_object(geometry_of(z), reinterpret_cast<uintptr_t>(p));
 }
 // Both: p is the start of one of z's objects.
 inline bool holds(const zone *z, const void *p) { return owner_of(p) == z && is_object_start(z, p); }

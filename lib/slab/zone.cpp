@@ -4,7 +4,6 @@
 // Zone structures come from a zone of zones seeded by a static reserve, so
 // creating a zone never calls malloc and can happen before the OS has given
 // the library a single page.
-#include <bit>
 #include <cerrno>
 #include <cstring>
 

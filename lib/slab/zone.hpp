@@ -176,7 +176,7 @@ SR_RSEQ_FN void *alloc_fast(zone *z, int flags) {
 // with (pushed, or reported), false when it needs free_slow (with *tagged).
 SR_RSEQ_FN bool free_to_slot(zone *z, uintptr_t p, bool *tagged) {
   auto *ptr = reinterpret_cast<void *>(p);
-  if (__builtin_expect(object_index(*z, p) == ~uintptr_t{0}, 0)) {
+  if (__builtin_expect(!starts_object(*z, p), 0)) {
     bad_free(z, ptr, "kfree_obj: not the start of an object of zone");
     return true;
   }
